@@ -1,0 +1,40 @@
+"""hcframe: human-centred multi-task self-supervised pre-training of video encoders."""
+
+from hcframe.components import (
+    BatchTransform,
+    Encoder,
+    EncoderOutput,
+    Head,
+    PretextTask,
+    TaskInput,
+    TaskOutput,
+    Teacher,
+)
+from hcframe.data import BadVideo, TargetStore, VideoDataset
+from hcframe.registry import (
+    ComponentRecord,
+    get_registry,
+    hookimpl,
+    register_plugin,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BadVideo",
+    "BatchTransform",
+    "ComponentRecord",
+    "Encoder",
+    "EncoderOutput",
+    "Head",
+    "PretextTask",
+    "TargetStore",
+    "TaskInput",
+    "TaskOutput",
+    "Teacher",
+    "VideoDataset",
+    "__version__",
+    "get_registry",
+    "hookimpl",
+    "register_plugin",
+]

@@ -1,0 +1,10 @@
+"""The core's own components, registered through the ``hcframe`` entry point like any plugin."""
+
+from hcframe.heads import LinearHead, SupervisedClassification
+from hcframe.registry import Registry, hookimpl
+
+
+@hookimpl
+def hcframe_register(registry: Registry) -> None:
+    registry.add("head", "linear", LinearHead)
+    registry.add("task", "supervised", SupervisedClassification)

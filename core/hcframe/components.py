@@ -1,0 +1,207 @@
+"""The abstract components hcframe composes into a run.
+
+Five kinds of things are registered and created by name (see :mod:`hcframe.registry`):
+
+========== ============================================ =================================
+kind       base class                                   what it is
+========== ============================================ =================================
+dataset    :class:`hcframe.data.VideoDataset`           map-style clips (+ labels, targets)
+transform  :class:`BatchTransform`                      per-batch augmentation on the device
+encoder    :class:`Encoder`                             a video trunk made of ordered stages
+head       :class:`Head`                                maps encoder outputs to predictions
+task       :class:`PretextTask`                         batch + features -> named losses
+teacher    :class:`Teacher`                             frozen frames -> per-pixel part logits
+========== ============================================ =================================
+
+They are deliberately small. Research code subclasses them; nothing here reads a recipe.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import json
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BatchTransform",
+    "Encoder",
+    "EncoderOutput",
+    "Head",
+    "PretextTask",
+    "TaskInput",
+    "TaskOutput",
+    "Teacher",
+]
+
+
+@attrs.frozen
+class EncoderOutput:
+    """What an encoder (or one task's branch of it) returns for a batch of clips.
+
+    ``feature_map`` is ``[B, D, t, h, w]``; ``pooled`` is ``[B, D]``.
+    """
+
+    feature_map: Tensor
+    pooled: Tensor
+
+
+class Encoder(nn.Module, abc.ABC):
+    """A video trunk ``[B, 3, T, H, W] -> EncoderOutput``, built as an ordered sequence of stages.
+
+    Subclasses fill ``self.stages`` (an :class:`~torch.nn.ModuleDict` whose insertion order is the
+    order of computation: stem first, last stage last) and set ``self.feature_dim`` to the channel
+    count of the last stage. The stage structure is what task-dependent branching splits: the
+    stages from the split point on are copied once per task (see :mod:`hcframe.engine.model`).
+    Stages must therefore be plain feed-forward blocks, each taking the previous stage's output.
+    """
+
+    stages: nn.ModuleDict
+    feature_dim: int
+
+    def stage_names(self) -> list[str]:
+        return list(self.stages.keys())
+
+    def run_stages(self, x: Tensor, start: str | None = None, stop: str | None = None) -> Tensor:
+        """Apply the stages from ``start`` (inclusive) up to ``stop`` (exclusive)."""
+        names = self.stage_names()
+        lo = names.index(start) if start is not None else 0
+        hi = names.index(stop) if stop is not None else len(names)
+        for name in names[lo:hi]:
+            x = self.stages[name](x)
+        return x
+
+    def pool(self, feature_map: Tensor) -> Tensor:
+        """Global spatio-temporal average; override for other pooling."""
+        return feature_map.mean(dim=(2, 3, 4))
+
+    def forward(self, clips: Tensor) -> EncoderOutput:
+        fmap = self.run_stages(clips)
+        return EncoderOutput(fmap, self.pool(fmap))
+
+
+class Head(nn.Module, abc.ABC):
+    """A small module on top of encoder features (projection MLP, classifier, parsing decoder).
+
+    Heads take explicit dimensions in their constructor and are owned by a task or an evaluation
+    protocol; the encoder never knows about them.
+    """
+
+    @abc.abstractmethod
+    def forward(self, features: Tensor) -> Tensor: ...
+
+
+@attrs.define
+class TaskInput:
+    """Everything a pretext task sees at one training step.
+
+    ``batch``: the device batch after the transform (``views`` is a list of float clips
+    ``[B, 3, T, H, W]``; see :mod:`hcframe.data` for the other keys).
+    ``features``: one :class:`EncoderOutput` per view the task asked for, computed by the shared
+    trunk followed by this task's own branch (or the shared stages when there is no split).
+    ``encoder``: the module that maps clips to this task's features (trunk + branch). Use it to make
+    momentum copies; do not register it as a submodule (it is already owned by the model).
+    ``step`` / ``max_steps``: optimiser steps done so far and planned, for schedules.
+    """
+
+    batch: Mapping[str, Any]
+    features: list[EncoderOutput]
+    encoder: nn.Module
+    step: int
+    max_steps: int
+
+
+@attrs.define
+class TaskOutput:
+    """Named loss terms (summed into the task's loss) and detached metrics to log."""
+
+    losses: dict[str, Tensor]
+    metrics: dict[str, Tensor | float] = attrs.field(factory=dict)
+
+    @property
+    def total(self) -> Tensor:
+        return torch.stack(list(self.losses.values())).sum()
+
+
+class PretextTask(nn.Module, abc.ABC):
+    """One self-supervised objective.
+
+    A task declares what it needs (``num_views`` clips of the same video, and batch keys in
+    ``needs`` such as ``"parts"`` or ``"label"``), builds its heads in :meth:`setup` once the
+    encoder's feature dimension is known, and turns a :class:`TaskInput` into a
+    :class:`TaskOutput`. Buffers and submodules of the task (queues, momentum encoders) are saved in
+    checkpoints with the model. Parameters with ``requires_grad=False`` are not optimised.
+    """
+
+    num_views: ClassVar[int] = 1
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def setup(self, encoder: nn.Module, feature_dim: int) -> None:
+        """Called once, before the optimiser is built. ``encoder`` is as in :class:`TaskInput`."""
+
+    def target_store(self, dataset: Any) -> Any | None:
+        """For tasks that need per-frame targets: where the dataset should read them from.
+
+        Return a :class:`hcframe.data.TargetStore` to have data workers load targets with the clips,
+        or ``None`` when the task computes its targets itself on the device.
+        """
+        return None
+
+    @abc.abstractmethod
+    def forward(self, inp: TaskInput) -> TaskOutput: ...
+
+
+class BatchTransform(nn.Module, abc.ABC):
+    """Per-batch augmentation and normalisation, run on the training device.
+
+    Receives the collated batch (``views``: uint8 ``[B, V, 3, T, H, W]``) and returns it with
+    ``views`` replaced by a list of ``V`` float tensors ``[B, 3, T, h, w]``; any spatial target maps
+    (``parts``) must go through the same geometric transform as their view.
+    """
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @abc.abstractmethod
+    def forward(self, batch: dict[str, Any], train: bool = True) -> dict[str, Any]: ...
+
+
+class Teacher(nn.Module, abc.ABC):
+    """A frozen per-frame model whose outputs a student learns to predict.
+
+    ``forward`` takes RGB frames ``[N, 3, H, W]`` in ``[0, 1]`` at any size and returns logits
+    ``[N, K, h, w]``; the teacher resizes and normalises to its own input conventions.
+    :meth:`identity` names everything its outputs depend on, so a cache of its outputs can be keyed
+    and checked.
+    """
+
+    label_names: tuple[str, ...]
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    @abc.abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """JSON-serialisable description: architecture, checkpoint hash, input size, labels."""
+
+    def identity_key(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def freeze(self) -> "Teacher":
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def train(self, mode: bool = True) -> "Teacher":
+        # A teacher never leaves eval mode: its batch-norm statistics are part of its identity.
+        return super().train(False)

@@ -1,0 +1,108 @@
+"""The data contract between dataset plugins and the engine.
+
+A dataset is a map-style :class:`torch.utils.data.Dataset` (it has ``__len__``, so samplers,
+DistributedSampler and worker counts behave). ``dataset[i]`` returns either a sample dict or a
+:class:`BadVideo` record; the engine's :func:`collate` drops bad records from the batch and hands
+them to the run, which reports each once and counts them in ``summary.json``. Nothing is ever
+silently replaced by another video.
+
+Sample keys (all tensors are CPU tensors; the batch transform does the per-pixel work later):
+
+``views``          uint8 ``[V, 3, T, H, W]``: ``V`` clips of one video (``V`` = ``num_views``)
+``label``          int64 scalar, the class index, or ``-1`` when the dataset has no labels
+``index``          int64 scalar, the dataset index ``i``
+``frame_indices``  int64 ``[V, T]``: the decoded frame number of every frame of every view
+``parts``          float16 ``[V, K, T, h, w]`` (only when a target store is set): per-frame part
+                   probabilities aligned with the pixels of each view; cells whose values sum to 0
+                   are unknown and ignored by losses
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Sequence
+
+import attrs
+import torch
+from torch.utils.data import Dataset, default_collate
+
+__all__ = ["BadVideo", "TargetStore", "VideoDataset", "collate"]
+
+VIEWS = "views"
+LABEL = "label"
+INDEX = "index"
+FRAME_INDICES = "frame_indices"
+PARTS = "parts"
+BAD = "bad_videos"
+
+
+@attrs.frozen
+class BadVideo:
+    """A video that could not be read: returned by ``dataset[i]`` instead of a sample."""
+
+    index: int
+    path: str
+    reason: str
+
+
+class TargetStore(abc.ABC):
+    """Per-frame soft part targets for the videos of a dataset (a teacher cache, or ground truth).
+
+    ``read`` returns float ``[K, len(frame_indices), h, w]`` probabilities for one video, at the
+    store's own resolution, covering the whole frame; the dataset crops and resizes them with the
+    same box as the pixels.
+    """
+
+    label_names: tuple[str, ...]
+
+    @abc.abstractmethod
+    def read(self, video_id: str, frame_indices: Sequence[int]) -> torch.Tensor: ...
+
+
+class VideoDataset(Dataset, abc.ABC):
+    """Base of registered datasets.
+
+    ``class_names`` lists the label names (empty when unlabelled). ``num_views`` and
+    ``target_store`` are set by the engine before loading starts, from what the tasks declare.
+    ``video_id(i)`` is a stable key for video ``i`` (its path relative to the dataset root), used by
+    caches. ``video_path(i)`` is where it lives on disk, for error messages and ``check-videos``.
+    """
+
+    class_names: tuple[str, ...] = ()
+    num_views: int = 1
+    target_store: TargetStore | None = None
+    #: False when horizontal flipping changes the label (e.g. wave-left vs wave-right).
+    flip_preserves_label: bool = True
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, index: int) -> dict[str, Any] | BadVideo: ...
+
+    @abc.abstractmethod
+    def video_id(self, index: int) -> str: ...
+
+    @abc.abstractmethod
+    def video_path(self, index: int) -> str: ...
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def labels(self) -> list[int]:
+        """Labels of all videos in index order, without decoding (for evaluation protocols)."""
+        raise NotImplementedError(f"{type(self).__name__} does not list labels")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called at the start of every epoch, before workers start; datasets that draw random
+        clips seed from ``(seed, epoch, index)`` so an epoch is identical after a resume."""
+
+
+def collate(samples: list[dict[str, Any] | BadVideo]) -> dict[str, Any]:
+    """Default-collate the good samples; list the bad ones under ``bad_videos``."""
+    good = [s for s in samples if not isinstance(s, BadVideo)]
+    bad = [s for s in samples if isinstance(s, BadVideo)]
+    batch: dict[str, Any] = default_collate(good) if good else {}
+    batch[BAD] = bad
+    return batch

@@ -1,0 +1,1 @@
+"""The training engine: model assembly, the loop, checkpoints and torch.distributed helpers."""

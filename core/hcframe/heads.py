@@ -1,0 +1,49 @@
+"""Heads and tasks the core ships (registered in :mod:`hcframe.builtin` like any plugin's)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hcframe.components import Head, PretextTask, TaskInput, TaskOutput
+
+__all__ = ["LinearHead", "SupervisedClassification"]
+
+
+class LinearHead(Head):
+    """Linear classifier on pooled features, with optional dropout (the linear-probe head)."""
+
+    def __init__(self, in_dim: int, num_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc(self.dropout(features))
+
+
+class SupervisedClassification(PretextTask):
+    """Cross-entropy on the dataset's labels: the supervised upper bound, and a reference task."""
+
+    num_views = 1
+    needs = frozenset({"label"})
+
+    def __init__(self, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout = dropout
+        self.label_smoothing = label_smoothing
+        self.head: LinearHead | None = None
+
+    def setup(self, encoder: nn.Module, feature_dim: int) -> None:
+        self.head = LinearHead(feature_dim, self.num_classes, self.dropout)
+
+    def forward(self, inp: TaskInput) -> TaskOutput:
+        assert self.head is not None, "setup() was not called"
+        logits = self.head(inp.features[0].pooled)
+        labels = inp.batch["label"]
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        with torch.no_grad():
+            acc = (logits.argmax(1) == labels).float().mean()
+        return TaskOutput({"ce": loss}, {"acc": acc})
