@@ -158,9 +158,16 @@ class PretextTask(nn.Module, abc.ABC):
 class BatchTransform(nn.Module, abc.ABC):
     """Per-batch augmentation and normalisation, run on the training device.
 
-    Receives the collated batch (``views``: uint8 ``[B, V, 3, T, H, W]``) and returns it with
-    ``views`` replaced by a list of ``V`` float tensors ``[B, 3, T, h, w]``; any spatial target maps
-    (``parts``) must go through the same geometric transform as their view.
+    Receives the collated batch on the device (``views``: uint8 ``[B, V, 3, T, H, W]``; optional
+    ``parts``: ``[B, V, K, T, h, w]``) and returns it with
+
+    - ``views`` replaced by a list of ``V`` normalised float tensors ``[B, 3, T, H', W']``;
+    - ``parts`` (when present) replaced by a list of ``V`` float tensors ``[B, K, T, h', w']`` that went
+      through the same geometric transform (crop, flip) as their view; cells pushed outside the
+      image sum to 0 (unknown);
+    - ``pixel_mean`` / ``pixel_std``: float ``[3]`` tensors, so a teacher can undo the normalisation.
+
+    ``train=False`` must be deterministic (no random augmentation): evaluation uses it.
     """
 
     mean: tuple[float, float, float]

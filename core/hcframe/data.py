@@ -1,7 +1,11 @@
 """The data contract between dataset plugins and the engine.
 
 A dataset is a map-style :class:`torch.utils.data.Dataset` (it has ``__len__``, so samplers,
-DistributedSampler and worker counts behave). ``dataset[i]`` returns either a sample dict or a
+DistributedSampler and worker counts behave). The engine's samplers ask for ``dataset[(i, epoch)]``
+(research code may ask for ``dataset[i]``, meaning epoch 0): every random draw for that sample (clip
+start, spatial crop) comes from a generator seeded by ``(dataset seed, epoch, i)``, so a sample does
+not depend on which worker or rank loads it, and an epoch replays identically after a resume even
+with persistent workers. ``dataset[...]`` returns either a sample dict or a
 :class:`BadVideo` record; the engine's :func:`collate` drops bad records from the batch and hands
 them to the run, which reports each once and counts them in ``summary.json``. Nothing is ever
 silently replaced by another video.
@@ -26,7 +30,7 @@ import attrs
 import torch
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["BadVideo", "TargetStore", "VideoDataset", "collate"]
+__all__ = ["BadVideo", "TargetStore", "VideoDataset", "collate", "sample_generator", "split_key"]
 
 VIEWS = "views"
 LABEL = "label"
@@ -78,7 +82,8 @@ class VideoDataset(Dataset, abc.ABC):
     def __len__(self) -> int: ...
 
     @abc.abstractmethod
-    def __getitem__(self, index: int) -> dict[str, Any] | BadVideo: ...
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | BadVideo:
+        """``key`` is ``i`` or ``(i, epoch)``; see :func:`split_key` and :func:`sample_generator`."""
 
     @abc.abstractmethod
     def video_id(self, index: int) -> str: ...
@@ -94,9 +99,19 @@ class VideoDataset(Dataset, abc.ABC):
         """Labels of all videos in index order, without decoding (for evaluation protocols)."""
         raise NotImplementedError(f"{type(self).__name__} does not list labels")
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called at the start of every epoch, before workers start; datasets that draw random
-        clips seed from ``(seed, epoch, index)`` so an epoch is identical after a resume."""
+
+def split_key(key: int | tuple[int, int]) -> tuple[int, int]:
+    """``dataset[i]`` or ``dataset[(i, epoch)]`` -> ``(i, epoch)``."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), 0
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator for every random draw of one sample (see the module docstring)."""
+    # Large odd multipliers keep (seed, epoch, index) triples from colliding for realistic ranges.
+    mixed = (seed * 1_000_003 + epoch) * 2_147_483_647 + index
+    return torch.Generator().manual_seed(mixed % (2**63 - 1))
 
 
 def collate(samples: list[dict[str, Any] | BadVideo]) -> dict[str, Any]:
