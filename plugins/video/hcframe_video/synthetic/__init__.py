@@ -1,0 +1,1 @@
+"""The synthetic human-action world: the embedded default dataset (no downloads)."""
