@@ -2,9 +2,11 @@
 
 from hcframe.heads import LinearHead, SupervisedClassification
 from hcframe.registry import Registry, hookimpl
+from hcframe.transforms import Normalize
 
 
 @hookimpl
 def hcframe_register(registry: Registry) -> None:
     registry.add("head", "linear", LinearHead)
     registry.add("task", "supervised", SupervisedClassification)
+    registry.add("transform", "normalize", Normalize)

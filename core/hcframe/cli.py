@@ -1,0 +1,243 @@
+"""The ``hcframe`` command.
+
+Exit codes: 0 success, 1 a run that failed, 2 a bad recipe or bad usage (nothing was started).
+Plugins add commands through the ``hcframe_add_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from hcframe import __version__
+from hcframe.recipe import RecipeError, load_recipe
+from hcframe.registry import ENV_STRICT, PluginError, get_registry, register_plugin
+
+__all__ = ["cli", "main"]
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+
+def fail(message: str, code: int) -> "click.exceptions.Exit":
+    """Print ``error: message`` on one line to stderr and exit with ``code``."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise click.exceptions.Exit(code)
+
+
+def _registry_or_fail():
+    try:
+        return get_registry()
+    except PluginError as exc:
+        fail(str(exc), 2)
+
+
+class HcframeGroup(click.Group):
+    """The root group: plugin commands are added on first use, after ``--plugin`` is parsed."""
+
+    _plugins_loaded = False
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        registry = _registry_or_fail()
+        for failure in registry.failures:
+            err_console.print(
+                f"[yellow]warning:[/] plugin {failure.plugin} from {failure.provider} failed to load and was skipped: {failure.error}",
+                soft_wrap=True,
+            )
+
+        def on_error(provider: str, exc: BaseException) -> None:
+            err_console.print(f"[yellow]warning:[/] commands of {provider} were skipped: {type(exc).__name__}: {exc}", soft_wrap=True)
+
+        registry.add_commands(self, on_error)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load_plugins()
+        return super().get_command(ctx, cmd_name)
+
+
+def _add_explicit_plugins(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+    for spec in values:
+        try:
+            register_plugin(spec)
+        except PluginError as exc:
+            fail(f"--plugin {spec}: {exc}", 2)
+
+
+def _strict(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        os.environ[ENV_STRICT] = "1"
+
+
+@click.group(cls=HcframeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="hcframe")
+@click.option("--strict-plugins", is_flag=True, is_eager=True, expose_value=False, callback=_strict,
+              help="Fail when an installed plugin cannot be loaded (default: report and skip it).")
+@click.option("--plugin", "plugins", multiple=True, is_eager=True, expose_value=False, callback=_add_explicit_plugins,
+              metavar="MODULE[:OBJECT]", help="Register a plugin that is not installed (research code). Repeatable.")
+def cli() -> None:
+    """Human-centred multi-task self-supervised pre-training of video encoders."""
+
+
+# --- plugins ---------------------------------------------------------------------------------------
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array (kind, name, provider, version, summary).")
+@click.option("--kind", default=None, help="Only components of this kind.")
+def plugins_command(as_json: bool, kind: str | None) -> None:
+    """List registered components and the distributions that provide them."""
+    registry = _registry_or_fail()
+    try:
+        records = registry.list(kind)
+    except KeyError:
+        fail(f"--kind {kind}: unknown kind; kinds are dataset, transform, encoder, head, task, teacher", 2)
+    if as_json:
+        click.echo(json.dumps([r.as_json() for r in records], indent=2))
+        return
+    table = Table(title="hcframe components")
+    for column in ("kind", "name", "provider", "version", "summary"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        table.add_row(r.kind, r.name, r.provider, r.version, r.summary)
+    out_console.print(table)
+
+
+# --- run -------------------------------------------------------------------------------------------
+def _load(recipe_path: str, overrides: tuple[str, ...]):
+    _registry_or_fail()
+    try:
+        return load_recipe(recipe_path, overrides)
+    except RecipeError as exc:
+        fail(str(exc), 2)
+
+
+def _default_run_dir(recipe_path: str, resume: bool) -> Path:
+    """``runs/<recipe stem>``; a new run never reuses a directory (``-2``, ``-3`` …), a resume takes
+    the newest existing one."""
+    stem = Path(recipe_path).stem
+    base = Path("runs") / stem
+    existing = [base] if base.exists() else []
+    i = 2
+    while (Path("runs") / f"{stem}-{i}").exists():
+        existing.append(Path("runs") / f"{stem}-{i}")
+        i += 1
+    if resume:
+        return existing[-1] if existing else base
+    return Path("runs") / f"{stem}-{i}" if existing else base
+
+
+@cli.command("run")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/<recipe name>).")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run directory.")
+@click.option("--dry-run", is_flag=True, help="Validate the recipe and build the model, then stop.")
+def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None, resume: bool, dry_run: bool) -> None:
+    """Run a recipe: pre-training, then its evaluation stages."""
+    recipe = _load(recipe_path, overrides)
+    from hcframe.engine.trainer import RunFailed, build_model
+
+    if dry_run:
+        try:
+            model = build_model(recipe)
+        except RunFailed as exc:
+            fail(str(exc), 2)
+        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        click.echo(f"{recipe.source}: ok ({len(recipe.tasks)} tasks, split {recipe.model.split}, {n:,} trainable parameters)")
+        return
+    from hcframe.run import run_recipe
+
+    run_dir = Path(output) if output else _default_run_dir(recipe_path, resume)
+    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        fail(f"{run_dir} already holds checkpoints; pass --resume to continue it or --output for a new run", 2)
+    if os.environ.get("RANK", "0") == "0":
+        err_console.print(f"run directory: {run_dir}")
+    try:
+        summary = run_recipe(recipe, run_dir, resume=resume, progress=err_console.is_terminal)
+    except RunFailed as exc:
+        fail(str(exc), 1)
+    except KeyboardInterrupt:
+        fail(f"interrupted; continue with: hcframe run {recipe_path} --output {run_dir} --resume", 130)
+    except Exception as exc:  # a failed run: one line, the traceback only on request
+        if os.environ.get("HCFRAME_DEBUG"):
+            traceback.print_exc()
+        fail(f"run failed: {type(exc).__name__}: {exc} (set HCFRAME_DEBUG=1 for the traceback)", 1)
+    if os.environ.get("RANK", "0") == "0":
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    final = summary.get("final_metrics", {})
+    shown = {k: v for k, v in final.items() if isinstance(v, float) and (k == "loss" or "/" in k)}
+    err_console.print(
+        f"[bold green]{summary['status']}[/] {summary.get('steps', 0)} steps in {summary['wall_time_s']:.1f} s; "
+        + " ".join(f"{k}={v:.4g}" for k, v in shown.items()),
+        soft_wrap=True,
+    )
+    bad = summary.get("bad_videos", {}).get("count", 0)
+    if bad:
+        err_console.print(f"[yellow]{bad} unreadable videos skipped[/] (listed in summary.json)")
+    if summary.get("eval"):
+        from hcframe.evaluation import eval_table
+
+        out_console.print(eval_table(summary["eval"]))
+
+
+# --- info ------------------------------------------------------------------------------------------
+@cli.command("info")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--frames", type=int, default=None, help="Clip length (default: the dataset's clip_len).")
+@click.option("--size", type=int, default=None, help="Clip side in pixels (default: the transform's crop_size).")
+@click.option("--json", "as_json", is_flag=True)
+def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | None, size: int | None, as_json: bool) -> None:
+    """Parameter count and FLOPs per clip and per step (all views), counted with fvcore."""
+    recipe = _load(recipe_path, overrides)
+    from hcframe.engine.trainer import RunFailed, build_model
+    from hcframe.info import model_info
+
+    frames = frames or recipe.data.args.get("clip_len")
+    size = size or recipe.transform.args.get("crop_size")
+    if not isinstance(frames, int) or not isinstance(size, int):
+        fail(f"{recipe.source}: cannot tell the clip shape from data.clip_len / transform.crop_size; pass --frames and --size", 2)
+    try:
+        model = build_model(recipe)
+    except RunFailed as exc:
+        fail(str(exc), 2)
+    info = model_info(model, frames=frames, size=size)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    table = Table(title=f"{recipe.source}: {recipe.encoder.name}, split {recipe.model.split}, clip 3x{frames}x{size}x{size}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("encoder parameters", f"{info['encoder_parameters']:,}")
+    table.add_row("trainable parameters (trunk, branches, heads)", f"{info['trainable_parameters']:,}")
+    table.add_row("GFLOPs per clip (encoder forward)", f"{info['gflops_per_clip']:.3f}")
+    table.add_row(f"GFLOPs per sample, all {info['views_per_step']} views through trunk and branches", f"{info['gflops_per_step_sample']:.3f}")
+    out_console.print(table)
+    if info["uncounted_operators"]:
+        out_console.print("operators fvcore could not count: " + ", ".join(f"{k} ({v}x)" for k, v in info["uncounted_operators"].items()))
+    else:
+        out_console.print("operators fvcore could not count: none")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="hcframe", standalone_mode=True)
+    except PluginError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        sys.exit(2)

@@ -1,0 +1,62 @@
+"""``hcframe run``: pre-train, evaluate, and write the run directory's ``summary.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hcframe.engine import distributed as hd
+from hcframe.engine.trainer import RunFailed, Trainer
+from hcframe.recipe import Recipe
+
+__all__ = ["RunFailed", "run_recipe", "write_json_atomic"]
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def run_recipe(
+    recipe: Recipe,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+) -> dict[str, Any]:
+    """Run every stage of ``recipe`` in ``run_dir``; returns the summary (also written to disk).
+
+    Raises :class:`RunFailed` after writing a summary with ``status = "failed"``.
+    """
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"status": "running", "recipe": recipe.source, "run_dir": str(run_dir)}
+    trainer = Trainer(recipe, run_dir, resume=resume, progress=progress, log=log)
+    try:
+        summary.update(trainer.train())
+        if recipe.evaluations:
+            from hcframe.evaluation import run_evaluations
+
+            summary["eval"] = run_evaluations(recipe, trainer.model, run_dir, device=trainer.device, log=log, progress=progress)
+        summary["status"] = "completed"
+    except KeyboardInterrupt:
+        summary["status"] = "interrupted"
+        raise
+    except Exception as exc:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary["wall_time_s"] = time.perf_counter() - started
+        summary.setdefault("bad_videos", {"count": len(trainer.bad_videos), "videos": [{"path": p, "reason": r} for p, r in sorted(trainer.bad_videos.items())]})
+        if hd.is_main_process():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_dir / "summary.json", summary)
+        hd.shutdown()
+    return summary
