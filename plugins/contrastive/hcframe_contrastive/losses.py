@@ -1,0 +1,163 @@
+"""InfoNCE: the contrastive loss, in its in-batch (symmetric or one-directional) and queue forms.
+
+For a query ``q_i`` with positive key ``k_i`` and a set of negatives ``n_j``, all L2-normalised::
+
+    loss_i = -log( exp(q_i.k_i / T) / (exp(q_i.k_i / T) + sum_j exp(q_i.n_j / T)) )
+
+and the loss is the mean of ``loss_i`` over this process's queries.
+
+In-batch form (``negatives=None``): the negatives of ``q_i`` are the keys of the other clips of the
+batch. With ``gather=True`` in a torch.distributed run, the keys (and, for the symmetric form, the
+queries) of every rank are gathered with :func:`hcframe.engine.distributed.all_gather_with_grad`, so
+the negatives come from the global batch and gradients flow back to the rank that produced each
+sample. The loss stays the mean over the *local* queries: DDP averages gradients over ranks, which
+makes a step on ``R`` ranks with local batches ``B`` identical to a step of one process on the
+global batch ``R*B`` (the mean of the per-rank losses is the global loss).
+
+Queue form (``negatives`` given, e.g. a MoCo queue): the negatives of every query are the rows of
+``negatives``; the positive is the matching key only (other keys of the batch are not used).
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hcframe.engine.distributed import all_gather_with_grad, rank
+
+__all__ = ["ContrastiveLogits", "contrastive_logits", "info_nce"]
+
+
+@attrs.frozen
+class ContrastiveLogits:
+    """Cosine similarities of each query row to its candidates, and which candidate is positive.
+
+    ``similarities``: ``[N, M]``; row ``n`` holds the similarity of query ``n`` to its ``M``
+    candidates (positive included). ``targets``: ``[N]`` int64, the column of each positive.
+    ``temperature``: the logits are ``similarities / temperature``.
+    """
+
+    similarities: Tensor
+    targets: Tensor
+    temperature: float
+
+    @property
+    def logits(self) -> Tensor:
+        return self.similarities / self.temperature
+
+    def loss(self) -> Tensor:
+        """Mean InfoNCE (cross-entropy of the positive column) over the rows."""
+        return F.cross_entropy(self.logits, self.targets)
+
+    @torch.no_grad()
+    def metrics(self) -> dict[str, Tensor]:
+        """Detached per-step statistics.
+
+        ``acc``: fraction of rows whose largest similarity is the positive (top-1 instance
+        accuracy, chance ``1/M``); ``pos_sim``: mean similarity of the positive pairs;
+        ``neg_sim``: mean similarity over all negative entries.
+        """
+        sims = self.similarities.detach()
+        rows = torch.arange(sims.shape[0], device=sims.device)
+        positive = sims[rows, self.targets]
+        is_negative = torch.ones_like(sims, dtype=torch.bool)
+        is_negative[rows, self.targets] = False
+        acc = (sims.argmax(dim=1) == self.targets).float().mean()
+        neg_sim = sims[is_negative].mean() if sims.shape[1] > 1 else sims.new_zeros(())
+        return {"acc": acc, "pos_sim": positive.mean(), "neg_sim": neg_sim}
+
+
+def _check_inputs(query: Tensor, key: Tensor, negatives: Tensor | None, temperature: float) -> None:
+    if query.dim() != 2 or key.dim() != 2 or query.shape != key.shape:
+        raise ValueError(
+            f"info_nce: query and key must both be [B, D] with the same shape, got {tuple(query.shape)} and {tuple(key.shape)}"
+        )
+    if query.shape[0] < 1:
+        raise ValueError("info_nce: the batch is empty")
+    if negatives is not None and (negatives.dim() != 2 or negatives.shape[1] != query.shape[1]):
+        raise ValueError(
+            f"info_nce: negatives must be [N, D] with D = {query.shape[1]}, got {tuple(negatives.shape)}"
+        )
+    if not temperature > 0:
+        raise ValueError(f"info_nce: temperature must be > 0, got {temperature!r}")
+
+
+def contrastive_logits(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor | None = None,
+    temperature: float = 0.1,
+    *,
+    symmetric: bool = False,
+    gather: bool = False,
+    normalize: bool = True,
+) -> ContrastiveLogits:
+    """The similarity matrix and positive columns behind :func:`info_nce` (same arguments).
+
+    Row layout: in-batch one-directional: ``B`` rows (local queries) against the (gathered) keys,
+    positive of row ``i`` at column ``rank * B + i``. Symmetric: ``2 B`` rows, first the queries
+    against the keys, then the keys against the (gathered) queries. Queue form: ``B`` rows, column 0
+    is the positive key, columns ``1..N`` are the negatives.
+    """
+    _check_inputs(query, key, negatives, temperature)
+    if negatives is not None and (symmetric or gather):
+        raise ValueError(
+            "info_nce: with a negatives tensor (queue form) symmetric and gather must be False; "
+            "call it once per direction and gather the queue's keys instead"
+        )
+    if normalize:
+        query = F.normalize(query, dim=1)
+        key = F.normalize(key, dim=1)
+        if negatives is not None:
+            negatives = F.normalize(negatives, dim=1)
+    batch = query.shape[0]
+    if negatives is not None:
+        positive = (query * key).sum(dim=1, keepdim=True)
+        sims = torch.cat([positive, query @ negatives.t()], dim=1)
+        targets = torch.zeros(batch, dtype=torch.long, device=query.device)
+        return ContrastiveLogits(sims, targets, float(temperature))
+
+    if gather:
+        all_keys = all_gather_with_grad(key)  # identity in a single process (rank 0)
+        offset = rank() * batch
+    else:
+        all_keys, offset = key, 0
+    targets = torch.arange(batch, device=query.device) + offset
+    sims = query @ all_keys.t()
+    if symmetric:
+        all_queries = all_gather_with_grad(query) if gather else query
+        sims = torch.cat([sims, key @ all_queries.t()], dim=0)
+        targets = torch.cat([targets, targets])
+    return ContrastiveLogits(sims, targets, float(temperature))
+
+
+def info_nce(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor | None = None,
+    temperature: float = 0.1,
+    *,
+    symmetric: bool = False,
+    gather: bool = False,
+    normalize: bool = True,
+) -> Tensor:
+    """InfoNCE loss, the mean over this process's query rows (see the module docstring).
+
+    Args:
+        query: ``[B, D]`` embeddings of the first view (gradients flow).
+        key: ``[B, D]`` embeddings of the second view; row ``i`` is the positive of ``query[i]``.
+        negatives: ``[N, D]`` extra negatives (queue form) or ``None`` for in-batch negatives.
+        temperature: ``T`` > 0 dividing the cosine similarities.
+        symmetric: in-batch only: average the loss of ``query -> key`` and ``key -> query``.
+        gather: in-batch only: negatives from the whole distributed batch (every rank must pass the
+            same ``B``); no effect in a single process.
+        normalize: L2-normalise the inputs first (a no-op up to rounding when they already are).
+
+    Returns:
+        A scalar tensor.
+    """
+    return contrastive_logits(
+        query, key, negatives, temperature, symmetric=symmetric, gather=gather, normalize=normalize
+    ).loss()
