@@ -59,17 +59,17 @@ class RecipeError(ValueError):
 # --- engine tables -------------------------------------------------------------------------------
 def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value <= 0:
-        raise ValueError(f"must be > 0, got {value}")
+        raise ValueError(f"{attribute.name}: must be > 0, got {value}")
 
 
 def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value < 0:
-        raise ValueError(f"must be >= 0, got {value}")
+        raise ValueError(f"{attribute.name}: must be >= 0, got {value}")
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"must be between 0 and 1, got {value}")
+        raise ValueError(f"{attribute.name}: must be between 0 and 1, got {value}")
 
 
 @attrs.frozen
@@ -160,7 +160,7 @@ class ComponentSpec:
     def to_table(self) -> dict[str, Any]:
         table: dict[str, Any] = {"name": self.name}
         for k, v in self.args.items():
-            table[k] = v.to_table() if isinstance(v, ComponentSpec) else v
+            table[k] = v.to_table() if isinstance(v, ComponentSpec) else _plain(v)
         return table
 
 
@@ -284,9 +284,8 @@ def _build_engine_table(cls: type, table: Any, where: str) -> Any:
         kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
-    except ValueError as exc:  # attrs validators
-        field = next((n for n in names if n in str(exc)), None)
-        raise RecipeError(f"{where}{'.' + field if field else ''}: {exc}") from None
+    except ValueError as exc:  # attrs validators name the field: "steps: must be > 0, got -1"
+        raise RecipeError(f"{where}.{exc}") from None
 
 
 def _factory_signature(factory: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any]]:

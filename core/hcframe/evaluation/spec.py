@@ -1,0 +1,355 @@
+"""``[[eval]]`` tables: validated into :class:`EvalSpec` objects before any work starts.
+
+Every table names a ``protocol`` and its own dataset component tables::
+
+    [[eval]]
+    protocol = "linear_probe"      # "linear_probe" | "multiview" | "retrieval" | "finetune"
+    branch = "concat"              # a task name, or "concat" (see MultiTaskModel.encode)
+    train_data = { name = "ucf101", root = "...", subset = "train", mode = "test", num_clips = 1, num_crops = 1 }
+    test_data  = { name = "ucf101", root = "...", subset = "test",  mode = "test", num_clips = 10, num_crops = 3 }
+    splits = [1, 2, 3]             # optional: sets the datasets' ``split`` argument, runs each, adds the mean
+
+Keys common to every protocol (:class:`EvalSpec`): ``protocol``, ``branch``, ``train_data``,
+``test_data``, ``transform`` (evaluation transform, run with ``train=False``; default: the recipe's
+own ``[transform]``, so pixels are normalised as in pre-training), ``splits``, ``batch_size``
+(videos per forward pass while extracting features or testing), ``num_workers``, ``seed``, and
+``label`` (names the result; default ``<protocol>/<test dataset>/<branch>``).
+
+Protocol options are the fields of :class:`LinearProbeOptions`, :class:`MultiviewOptions`,
+:class:`RetrievalOptions` and :class:`FinetuneOptions`.
+
+Errors are :class:`hcframe.recipe.RecipeError` with one line naming ``eval[i].key``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal, Mapping
+
+import attrs
+
+from hcframe.recipe import (
+    ComponentSpec,
+    RecipeError,
+    _build_component,
+    _build_engine_table,
+    _check_value,
+    _suggest,
+)
+from hcframe.registry import Registry
+
+__all__ = [
+    "COMMON_KEYS",
+    "PROTOCOL_OPTIONS",
+    "EvalSpec",
+    "FinetuneOptions",
+    "LinearProbeOptions",
+    "MultiviewOptions",
+    "RetrievalOptions",
+    "build_eval_specs",
+    "parse_eval_tables",
+]
+
+
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
+
+
+def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value}")
+
+
+def _positive_list(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not value or any(v <= 0 for v in value):
+        raise ValueError(f"{attribute.name} must be a non-empty list of positive integers, got {list(value)}")
+
+
+# --- protocol options ----------------------------------------------------------------------------
+@attrs.frozen
+class LinearProbeOptions:
+    """Linear probe on frozen features.
+
+    Features are extracted once per video (the mean over the views the dataset returns: use
+    ``mode = "test", num_clips = 1, num_crops = 1`` for a centre clip of each training video, or
+    more views for a smoother feature) and standardised with the training set's mean and standard
+    deviation. A linear classifier (:class:`hcframe.heads.LinearHead`, zero-initialised) is fitted
+    full-batch with L-BFGS (strong-Wolfe line search) on cross-entropy plus
+    ``weight_decay / 2 * ||W||^2``: a convex problem, so the result does not depend on a learning
+    rate or on random initialisation. ``max_iter`` bounds the L-BFGS iterations. Reported on the
+    test set at video level (test features averaged over each video's views): ``top1``, ``top5``.
+    """
+
+    max_iter: int = attrs.field(default=200, validator=_positive)
+    weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
+
+
+@attrs.frozen
+class MultiviewOptions:
+    """Multi-view testing of the linear probe: the same classifier as :class:`LinearProbeOptions`
+    (trained on the training videos' view-averaged features), applied to every test view alone.
+    Reports ``clip_top1`` (each view scored alone), and ``top1`` / ``top5`` of the video-level
+    scores: the softmax probabilities averaged over the video's views (``num_clips`` x
+    ``num_crops`` of the test dataset's test mode)."""
+
+    max_iter: int = attrs.field(default=200, validator=_positive)
+    weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
+
+
+@attrs.frozen
+class RetrievalOptions:
+    """Nearest-neighbour video retrieval (the protocol of Xu et al., CVPR 2019, used by most video
+    self-supervised papers): each test video (features averaged over its views) queries the
+    training videos by cosine similarity; ``R@k`` is the fraction of queries whose ``k`` nearest
+    training videos include one of the query's class. Values of ``ks`` larger than the number of
+    training videos are not reported."""
+
+    ks: list[int] = attrs.field(factory=lambda: [1, 5, 10, 20, 50], validator=_positive_list)
+
+
+@attrs.frozen
+class FinetuneOptions:
+    """Fine-tuning: a copy of the encoder path (shared trunk + the chosen branch, or every branch
+    for ``"concat"``) plus dropout and a linear classifier, trained end to end on ``train_data``;
+    the pre-trained model itself is never modified.
+
+    Defaults are the usual UCF101/HMDB51 fine-tuning settings of the video self-supervised
+    literature: SGD with momentum 0.9, learning rate 0.01 (for a batch of 16 clips; scale it
+    linearly with ``batch_size``), weight decay 5e-4 (weights only, not biases or norm scales),
+    dropout 0.5 before the classifier, cosine decay over ``epochs`` after ``warmup_epochs`` of
+    linear warm-up. Papers train for 100-200 epochs; set ``epochs`` accordingly.
+
+    ``train_transform``: the batch transform for training clips, run with ``train=True``
+    (augmentation); default: the recipe's ``[transform]``. ``schedule = "step"`` divides the rate
+    by ``1/gamma`` at each epoch in ``milestones``. Testing is multi-view on ``test_data``:
+    ``clip_top1`` (each view alone) and ``top1`` / ``top5`` of the softmax scores averaged over each
+    video's views.
+    """
+
+    epochs: int = attrs.field(default=100, validator=_positive)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = attrs.field(default=0.01, validator=_positive)
+    momentum: float = attrs.field(default=0.9, validator=_fraction)
+    weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = attrs.field(default=0, validator=_non_negative)
+    milestones: list[int] = attrs.field(factory=list)
+    gamma: float = attrs.field(default=0.1, validator=_fraction)
+    dropout: float = attrs.field(default=0.5, validator=_fraction)
+    label_smoothing: float = attrs.field(default=0.0, validator=_fraction)
+
+
+PROTOCOL_OPTIONS: dict[str, type] = {
+    "linear_probe": LinearProbeOptions,
+    "multiview": MultiviewOptions,
+    "retrieval": RetrievalOptions,
+    "finetune": FinetuneOptions,
+}
+
+#: Keys every [[eval]] table may have, with their types (``train_transform`` only for finetune).
+COMMON_KEYS: dict[str, Any] = {
+    "protocol": str,
+    "branch": str,
+    "train_data": dict,
+    "test_data": dict,
+    "transform": dict,
+    "splits": list[int],
+    "batch_size": int,
+    "num_workers": int,
+    "seed": int,
+    "label": str,
+}
+COMMON_DEFAULTS: dict[str, Any] = {"branch": "concat", "batch_size": 8, "num_workers": 0, "seed": 0, "label": ""}
+
+
+@attrs.frozen
+class EvalSpec:
+    """One validated ``[[eval]]`` table.
+
+    ``datasets`` maps each split to its (train, test) dataset specs: the keys are the ``splits``
+    asked for, or ``None`` alone when the table has no ``splits``. ``transform`` is ``None`` for
+    "the recipe's transform". ``train_transform`` likewise (fine-tuning only).
+    """
+
+    index: int
+    protocol: str
+    branch: str
+    datasets: Mapping[int | None, tuple[ComponentSpec, ComponentSpec]]
+    transform: ComponentSpec | None
+    train_transform: ComponentSpec | None
+    options: Any
+    batch_size: int
+    num_workers: int
+    seed: int
+    label: str
+
+    @property
+    def where(self) -> str:
+        return f"eval[{self.index}]"
+
+    @property
+    def splits(self) -> list[int | None]:
+        return list(self.datasets)
+
+    def result_prefix(self) -> str:
+        """``label``, or ``<protocol>/<test dataset name>/<branch>``."""
+        if self.label:
+            return self.label
+        test = next(iter(self.datasets.values()))[1]
+        return f"{self.protocol}/{test.name}/{self.branch}"
+
+    def result_key(self, split: int | None) -> str:
+        """The key of this evaluation's results for ``split`` in ``summary.json["eval"]``."""
+        prefix = self.result_prefix()
+        if split is not None:
+            return f"{prefix}/split{split}"
+        test = self.datasets[None][1]
+        own = test.args.get("split")
+        if isinstance(own, int) and not isinstance(own, bool):
+            return f"{prefix}/split{own}"
+        return prefix
+
+    def mean_key(self) -> str | None:
+        """Key of the mean over splits, when more than one split is asked for."""
+        return f"{self.result_prefix()}/mean" if len(self.datasets) > 1 else None
+
+
+# --- parsing -------------------------------------------------------------------------------------
+def _dataset_specs(
+    table: dict[str, Any], key: str, where: str, splits: list[int] | None, registry: Registry
+) -> dict[int | None, ComponentSpec]:
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}.{key}: expected a dataset table like {{ name = \"ucf101\", ... }}")
+    if splits is None:
+        return {None: _build_component("dataset", table, f"{where}.{key}", registry)}
+    if "split" in table:
+        raise RecipeError(f"{where}.{key}.split: the table also has splits = {splits}; remove one of them")
+    out: dict[int | None, ComponentSpec] = {}
+    for split in splits:
+        spec = _build_component("dataset", {**table, "split": split}, f"{where}.{key}", registry)
+        out[split] = spec
+    if "split" not in next(iter(out.values())).args:
+        name = table.get("name")
+        raise RecipeError(f"{where}.splits: dataset {name!r} has no 'split' argument; remove splits")
+    return out
+
+
+def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) -> tuple[EvalSpec, dict[str, Any]]:
+    where = f"eval[{index}]"
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: expected an [[eval]] table")
+    protocol = table.get("protocol")
+    if protocol is None:
+        raise RecipeError(f"{where}.protocol: missing; set it to one of {', '.join(PROTOCOL_OPTIONS)}")
+    if protocol not in PROTOCOL_OPTIONS:
+        import difflib
+
+        close = difflib.get_close_matches(str(protocol), list(PROTOCOL_OPTIONS), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(PROTOCOL_OPTIONS)}"
+        raise RecipeError(f"{where}.protocol: unknown protocol {protocol!r}; {hint}")
+    options_cls = PROTOCOL_OPTIONS[protocol]
+    option_names = [f.name for f in attrs.fields(options_cls)]
+    allowed = list(COMMON_KEYS) + option_names + (["train_transform"] if protocol == "finetune" else [])
+    for key in table:
+        if key not in allowed:
+            raise RecipeError(f"{where}.{key}: unknown key for protocol {protocol!r}; {_suggest(key, allowed)}")
+    common = {**COMMON_DEFAULTS}
+    for key, annotation in COMMON_KEYS.items():
+        if key in table and annotation is not dict:
+            common[key] = _check_value(table[key], annotation, f"{where}.{key}")
+    for key in ("batch_size",):
+        if common[key] <= 0:
+            raise RecipeError(f"{where}.{key}: must be > 0, got {common[key]}")
+    if common["num_workers"] < 0:
+        raise RecipeError(f"{where}.num_workers: must be >= 0, got {common['num_workers']}")
+    branch = common["branch"]
+    if branch != "concat" and branch not in branches:
+        raise RecipeError(f"{where}.branch: no task {branch!r}; {_suggest(branch, ['concat', *branches])}")
+    splits = common.get("splits")
+    if splits is not None:
+        if not splits or len(set(splits)) != len(splits):
+            raise RecipeError(f"{where}.splits: expected a non-empty list of distinct split numbers, got {splits}")
+    for key in ("train_data", "test_data"):
+        if key not in table:
+            raise RecipeError(f"{where}.{key}: missing dataset table, e.g. {key} = {{ name = \"ucf101\", ... }}")
+    train = _dataset_specs(table["train_data"], "train_data", where, splits, registry)
+    test = _dataset_specs(table["test_data"], "test_data", where, splits, registry)
+    transform = _build_component("transform", table["transform"], f"{where}.transform", registry) if "transform" in table else None
+    train_transform = (
+        _build_component("transform", table["train_transform"], f"{where}.train_transform", registry)
+        if "train_transform" in table
+        else None
+    )
+    options = _build_engine_table(options_cls, {k: v for k, v in table.items() if k in option_names}, where)
+    spec = EvalSpec(
+        index=index,
+        protocol=protocol,
+        branch=branch,
+        datasets={s: (train[s], test[s]) for s in train},
+        transform=transform,
+        train_transform=train_transform,
+        options=options,
+        batch_size=common["batch_size"],
+        num_workers=common["num_workers"],
+        seed=common["seed"],
+        label=common["label"],
+    )
+    # The resolved table (defaults filled in) is what the run's recipe.toml records; it parses
+    # back to the same spec.
+    first_train, first_test = next(iter(spec.datasets.values()))
+    resolved: dict[str, Any] = {"protocol": protocol, **{k: v for k, v in common.items() if k not in ("protocol",)}}
+    resolved["train_data"] = _without_split(first_train, splits)
+    resolved["test_data"] = _without_split(first_test, splits)
+    if transform is not None:
+        resolved["transform"] = transform.to_table()
+    if train_transform is not None:
+        resolved["train_transform"] = train_transform.to_table()
+    for name, value in attrs.asdict(options).items():
+        resolved[name] = list(value) if isinstance(value, tuple) else value
+    if splits is None:
+        resolved.pop("splits", None)
+    return spec, resolved
+
+
+def _without_split(spec: ComponentSpec, splits: list[int] | None) -> dict[str, Any]:
+    table = spec.to_table()
+    if splits is not None:
+        table.pop("split", None)
+    return table
+
+
+def _parse_all(tables: Any, registry: Registry, branches: list[str]) -> list[tuple[EvalSpec, dict[str, Any]]]:
+    if not isinstance(tables, list):
+        raise RecipeError("eval: expected [[eval]] tables (an array of tables)")
+    parsed = [_parse_one(i, t, registry, branches) for i, t in enumerate(tables)]
+    seen: dict[str, int] = {}
+    for spec, _ in parsed:
+        for split in spec.splits:
+            key = spec.result_key(split)
+            if key in seen:
+                raise RecipeError(
+                    f"{spec.where}: its results would be stored under {key!r} like those of eval[{seen[key]}]; "
+                    f"set label = \"...\" to tell them apart"
+                )
+            seen[key] = spec.index
+    return parsed
+
+
+def parse_eval_tables(tables: Any, registry: Registry, branches: list[str]) -> list[dict[str, Any]]:
+    """Validate the recipe's ``[[eval]]`` tables; return them resolved (defaults filled in).
+
+    ``branches`` are the recipe's task names. Called by :func:`hcframe.recipe.parse_recipe`.
+    Raises :class:`RecipeError` with one line naming ``eval[i].key``.
+    """
+    return [copy.deepcopy(resolved) for _, resolved in _parse_all(tables, registry, branches)]
+
+
+def build_eval_specs(tables: list[dict[str, Any]], registry: Registry, branches: list[str]) -> list[EvalSpec]:
+    """The :class:`EvalSpec` objects of (resolved or raw) ``[[eval]]`` tables."""
+    return [spec for spec, _ in _parse_all(tables, registry, branches)]
