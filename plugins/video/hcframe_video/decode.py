@@ -34,12 +34,20 @@ import numpy as np
 __all__ = [
     "DecodeError",
     "FrameCountCache",
+    "VIDEO_EXTENSIONS",
     "VideoInfo",
     "decode_frames",
     "decode_span_without_conversion",
+    "one_line_error",
+    "open_video",
+    "video_stream",
     "probe_video",
     "resized_size",
 ]
+
+
+#: Video file extensions, in the order tried when a listed file is absent (prepared copies are .mp4).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
 
 class DecodeError(RuntimeError):
@@ -67,19 +75,19 @@ def _pts_of_frame(index: int, info: VideoInfo) -> int:
     return info.first_pts + int(Fraction(index) / (info.average_rate * info.time_base))
 
 
-def _open(path: str) -> av.container.InputContainer:
+def open_video(path: str) -> av.container.InputContainer:
     try:
         return av.open(path, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"cannot open: {_describe(exc)}") from exc
+        raise DecodeError(f"cannot open: {one_line_error(exc)}") from exc
 
 
-def _describe(exc: BaseException) -> str:
+def one_line_error(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return " ".join(text.split())  # one line
 
 
-def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+def video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
     if not container.streams.video:
         raise DecodeError("no video stream in the file")
     stream = container.streams.video[0]
@@ -92,8 +100,8 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 def probe_video(path: str) -> VideoInfo:
     """Read a video's frame count, rate and size. Counts frames by demuxing (no decoding) when the
     container does not state them (e.g. Matroska/WebM). Raises :class:`DecodeError`."""
-    with _open(path) as container:
-        stream = _video_stream(container)
+    with open_video(path) as container:
+        stream = video_stream(container)
         try:
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             if not rate:
@@ -118,7 +126,7 @@ def probe_video(path: str) -> VideoInfo:
                     first_pts = lowest
             width, height = stream.codec_context.width, stream.codec_context.height
         except av.FFmpegError as exc:
-            raise DecodeError(f"cannot read the stream: {_describe(exc)}") from exc
+            raise DecodeError(f"cannot read the stream: {one_line_error(exc)}") from exc
     if num_frames <= 0:
         raise DecodeError("the video stream has no frames")
     if width <= 0 or height <= 0:
@@ -206,8 +214,8 @@ def decode_frames(
     slot = {index: k for k, index in enumerate(unique)}
     filled = 0
     last_decoded = -1
-    with _open(path) as container:
-        stream = _video_stream(container)
+    with open_video(path) as container:
+        stream = video_stream(container)
         try:
             for index, frame in _iterate_from(container, stream, info, unique[0]):
                 last_decoded = max(last_decoded, index)
@@ -219,7 +227,7 @@ def decode_frames(
                 if index >= unique[-1] or not wanted:
                     break
         except av.FFmpegError as exc:
-            raise DecodeError(f"decoding failed near frame {last_decoded + 1}: {_describe(exc)}") from exc
+            raise DecodeError(f"decoding failed near frame {last_decoded + 1}: {one_line_error(exc)}") from exc
     if wanted:
         missing = sorted(wanted)
         if filled and last_decoded >= info.num_frames - 1 - END_TOLERANCE and missing[0] > last_decoded:
@@ -239,8 +247,8 @@ def decode_span_without_conversion(path: str, first: int, last: int, info: Video
     stop at ``last``) without colour conversion; returns the number of frames decoded. This is the
     decode limit the benchmark compares the full pipeline with."""
     decoded = 0
-    with _open(path) as container:
-        stream = _video_stream(container)
+    with open_video(path) as container:
+        stream = video_stream(container)
         for index, _frame in _iterate_from(container, stream, info, first):
             decoded += 1
             if index >= last:
