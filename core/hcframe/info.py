@@ -25,10 +25,9 @@ class _AllViews(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, views: Tensor) -> Tensor:
+    def forward(self, views: Tensor) -> tuple[Tensor, ...]:
         shared = self.model.trunk(views)
-        outs = [self.model.branches[n](shared[: t.num_views]).mean() for n, t in self.model.tasks.items()]
-        return torch.stack(outs).sum()
+        return tuple(self.model.branches[n](shared[: t.num_views]) for n, t in self.model.tasks.items())
 
 
 class _OneClip(nn.Module):

@@ -1,0 +1,43 @@
+"""``hcframe info`` and ``hcframe run --dry-run`` on the toy recipe."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from fvcore.nn import FlopCountAnalysis
+
+from hcframe.cli import cli
+from hcframe_testkit import TinyEncoder
+
+
+def test_info_counts_parameters_and_flops_per_clip_and_per_step(toy_recipe_file):
+    recipe = toy_recipe_file()
+    result = CliRunner().invoke(cli, ["info", str(recipe), "--frames", "4", "--size", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    encoder = TinyEncoder()
+    assert info["encoder_parameters"] == sum(p.numel() for p in encoder.parameters())
+    import torch
+
+    clip = torch.zeros(1, 3, 4, 16, 16)
+    flops = 0
+    x = clip
+    for stage in encoder.stages.values():
+        a = FlopCountAnalysis(stage, x)
+        a.unsupported_ops_warnings(False)
+        flops += a.total()
+        x = stage(x)
+    assert abs(info["gflops_per_clip"] * 1e9 - flops) < 1
+    # Two views (the brightness task needs two): trunk on both views, branch "layer2" on 1 + 2 views.
+    assert info["views_per_step"] == 2
+    assert info["gflops_per_step_sample"] > 2 * info["gflops_per_clip"]
+    table = CliRunner().invoke(cli, ["info", str(recipe), "--frames", "4", "--size", "16"])
+    assert "GFLOPs per clip" in table.stdout and "could not count: none" in table.stdout
+
+
+def test_dry_run_validates_without_running(toy_recipe_file, tmp_path):
+    recipe = toy_recipe_file()
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--dry-run"])
+    assert result.exit_code == 0 and "ok (2 tasks, split layer2" in result.output
+    assert not (tmp_path / "runs").exists()
