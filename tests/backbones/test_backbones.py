@@ -22,8 +22,14 @@ def n_params(module: nn.Module) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _deterministic():
+def _deterministic_single_thread():
+    # One intra-op thread: with other test processes on the same 2 cores, two OpenMP threads per
+    # process spin against each other and run these small convolutions ~10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --- published architectures: exact parameter counts ----------------------------------------------
@@ -302,3 +308,23 @@ def test_fvcore_counts_the_encoder_directly():
     clip = torch.randn(1, 3, 8, 32, 32)
     analysis = FlopCountAnalysis(encoder, clip).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     assert analysis.by_operator()["conv"] == _conv_macs_by_hooks(encoder, clip)
+
+
+# --- use by the core's multi-task model (task-dependent branches) ---------------------------------
+@pytest.mark.parametrize("factory, kwargs, split", [(R2Plus1D, TINY, "layer3"), (S3D, {"width": 8}, "block4")])
+def test_split_into_trunk_and_branches_by_the_core_model(factory, kwargs, split):
+    from hcframe.engine.model import MultiTaskModel
+    from hcframe.heads import SupervisedClassification
+
+    encoder = factory(**kwargs)
+    tasks = {"a": SupervisedClassification(num_classes=3), "b": SupervisedClassification(num_classes=3)}
+    model = MultiTaskModel(encoder, tasks, split=split)
+    assert list(model.trunk.stages) == encoder.stage_names()[: encoder.stage_names().index(split)]
+    batch = {"views": [torch.randn(2, 3, 8, 32, 32)], "label": torch.tensor([0, 2])}
+    total, outputs, _ = model(batch)
+    total.backward()
+    assert set(outputs) == {"a", "b"}
+    assert all(p.grad is not None for p in model.shared_parameters())
+    model.eval()
+    with torch.no_grad():
+        assert model.encode(batch["views"][0]).shape == (2, 2 * encoder.feature_dim)
