@@ -305,7 +305,7 @@ class Kinetics(VideoClipDataset):
 class VideoFolder(VideoClipDataset):
     """A user's videos, one sub-folder per class: ``<root>/<class>/<any path>.<ext>``.
 
-    Classes are the sub-folder names, sorted; videos are found recursively inside each class
+    Classes are the names of the sub-folders that hold videos, sorted; videos are found recursively inside each class
     folder by extension (``extensions``, default :data:`VIDEO_EXTENSIONS`), sorted by path.
     Other arguments: :class:`~hcframe_video.clips.VideoClipDataset`.
     """
@@ -328,16 +328,19 @@ class VideoFolder(VideoClipDataset):
     ) -> None:
         root = _require_dir(os.path.abspath(root), "video folder root")
         exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-        class_names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
-        if not class_names:
+        folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+        if not folders:
             raise FileNotFoundError(f"{root}: no class sub-folders found (expected <root>/<class>/<video>)")
+        found = {name: sorted(_walk_videos(os.path.join(root, name), exts)) for name in folders}
+        # Sub-folders without videos (annotation folders, say) are not classes.
+        class_names = [name for name in folders if found[name]]
+        if not class_names:
+            raise FileNotFoundError(f"{root}: no videos with extensions {', '.join(exts)} in its class folders")
         paths, labels = [], []
         for label, name in enumerate(class_names):
-            for rel in sorted(_walk_videos(os.path.join(root, name), exts)):
+            for rel in found[name]:
                 paths.append(f"{name}/{rel}")
                 labels.append(label)
-        if not paths:
-            raise FileNotFoundError(f"{root}: no videos with extensions {', '.join(exts)} in its class folders")
         super().__init__(
             paths, labels, class_names, root,
             clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,

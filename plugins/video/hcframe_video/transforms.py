@@ -67,8 +67,8 @@ class VideoAugment(BatchTransform):
        ``2 * ceil(3 * max sigma) + 1``, reflect padding;
     6. normalisation with ``mean`` / ``std``.
 
-    Part maps get the same crop and flip (bilinear, zero padding: cells outside the frame sum to
-    0 = unknown), output ``part_size`` square (0: their input size, as a square of the larger side).
+    Part maps get the same crop and flip (bilinear; cells whose centre falls outside the frame
+    are all 0 = unknown, see :meth:`warp`), output ``part_size`` square (0: their input size, as a square of the larger side).
     ``train=False``: centre square crop of the short side resized to ``crop_size``, then
     normalisation only (deterministic).
     """
@@ -152,10 +152,22 @@ class VideoAugment(BatchTransform):
 
     @staticmethod
     def warp(x: Tensor, theta: Tensor, size: tuple[int, int], padding: str) -> Tensor:
-        """Apply ``theta`` to ``x [B, C, T, H, W]`` (every frame of a sample alike) -> ``[B, C, T, *size]``."""
+        """Apply ``theta`` to ``x [B, C, T, H, W]`` (every frame of a sample alike) -> ``[B, C, T, *size]``.
+
+        ``padding="border"``: bilinear, edge values repeated (pixels). ``padding="zeros"``
+        (part maps): bilinear with edge values repeated inside the frame, and exactly 0 for output
+        cells whose sample point lies outside the frame, so a cell's probabilities sum to 1 when it
+        is inside and to 0 (unknown) when it is not; plain zero padding would instead leave
+        partial sums along the frame's edge.
+        """
         b, c, t, h, w = x.shape
         grid = F.affine_grid(theta.to(x.dtype), [b, 1, size[0], size[1]], align_corners=False)
-        out = F.grid_sample(x.reshape(b, c * t, h, w), grid, mode="bilinear", padding_mode=padding, align_corners=False)
+        out = F.grid_sample(x.reshape(b, c * t, h, w), grid, mode="bilinear", padding_mode="border", align_corners=False)
+        if padding == "zeros":
+            inside = (grid.abs() <= 1).all(dim=-1)  # [B, h', w']
+            out = out * inside[:, None].to(out.dtype)
+        elif padding != "border":
+            raise ValueError(f"padding: expected 'border' or 'zeros', got {padding!r}")
         return out.reshape(b, c, t, size[0], size[1])
 
     # --- photometry -----------------------------------------------------------------------------

@@ -1,0 +1,118 @@
+"""``synthetic_humans``: the synthetic human-action world as a registered video dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hcframe_video.clips import VideoClipDataset
+from hcframe_video.partmaps import PartMapStore
+from hcframe_video.synthetic.generate import (
+    PARTS_DIR,
+    SUBSETS,
+    WorldSpec,
+    build_world,
+    default_cache_root,
+    video_path,
+)
+from hcframe_video.synthetic.world import ACTION_NAMES, WorldConfig, video_label
+
+__all__ = ["SyntheticHumans"]
+
+
+class SyntheticHumans(VideoClipDataset):
+    """Humanoids doing 12 actions, generated deterministically from ``world_seed`` on first use.
+
+    The world (both subsets) is written once as H.264 files plus ground-truth LIP part maps (see
+    :mod:`hcframe_video.synthetic.generate`) and then read like any video dataset. Labels are the
+    action indices (``class_names``: walk, run, jump, wave_one_hand, wave_both_hands, squat, clap,
+    kick, punch, bend, jumping_jacks, march_in_place); every subset is balanced. Horizontal flips
+    keep labels valid (one-sided actions use a random side per video).
+
+    World arguments (a different value is a different world, in its own cache folder):
+        root: where the world lives. Empty: ``$HCFRAME_CACHE`` (default ``~/.cache/hcframe``)
+            ``/synthetic/<hash of the world arguments>``. A folder that already holds a world must
+            hold this one (else ValueError listing the differences).
+        num_train, num_test: videos per subset (train and test videos are disjoint).
+        world_seed: seed of everything generated.
+        height, width: frame size in pixels (even). num_frames: frames per video.
+        shortcut_strength: 0..1, how strongly background, clothing and distractors identify a video.
+        num_backgrounds: size of the background bank shared by all videos.
+        max_distractors: moving non-human objects per video at full shortcut strength.
+        jitter: camera shake in pixels. fps, crf: frame rate and H.264 quality of the files.
+        workers: processes used to generate the world (0: up to 4, one per CPU).
+
+    Reading arguments:
+        subset: ``"train"`` or ``"test"``.
+        clip_len, stride, short_side, crop_size, mode, num_clips, num_crops, seed, on_bad_video,
+            part_size: as :class:`~hcframe_video.clips.VideoClipDataset`; ``short_side`` 0 means
+            the frames' short side and ``crop_size`` 0 means ``short_side`` (whole frames).
+
+    :meth:`ground_truth_parts` returns the world's part-map store (the ``synthetic_ground_truth``
+    teacher's targets).
+    """
+
+    flip_preserves_label = True
+
+    def __init__(
+        self,
+        root: str = "",
+        subset: str = "train",
+        num_train: int = 1000,
+        num_test: int = 500,
+        world_seed: int = 0,
+        height: int = 32,
+        width: int = 32,
+        num_frames: int = 16,
+        shortcut_strength: float = 1.0,
+        num_backgrounds: int = 8,
+        max_distractors: int = 3,
+        jitter: int = 1,
+        fps: int = 8,
+        crf: int = 10,
+        workers: int = 0,
+        *,
+        clip_len: int = 8,
+        stride: int = 1,
+        short_side: int = 0,
+        crop_size: int = 0,
+        mode: str = "train",
+        num_clips: int = 2,
+        num_crops: int = 1,
+        seed: int = 0,
+        on_bad_video: str = "skip",
+        part_size: int = 0,
+    ) -> None:
+        if subset not in SUBSETS:
+            raise ValueError(f"subset: expected one of {', '.join(SUBSETS)}, got {subset!r}")
+        if workers < 0:
+            raise ValueError(f"workers: expected >= 0, got {workers}")
+        spec = WorldSpec(
+            config=WorldConfig(
+                height=height, width=width, num_frames=num_frames, shortcut_strength=shortcut_strength,
+                num_backgrounds=num_backgrounds, max_distractors=max_distractors, jitter=jitter,
+            ),
+            seed=world_seed, num_train=num_train, num_test=num_test, fps=fps, crf=crf,
+        )  # fmt: skip
+        if spec.count(subset) == 0:
+            raise ValueError(f"num_{subset}: the {subset} subset is empty; set num_{subset} >= 1")
+        world_root = Path(root).expanduser() if root else default_cache_root() / "synthetic" / spec.key()
+        if workers == 0:
+            workers = max(1, min(4, os.cpu_count() or 1))
+        self.world_root = build_world(world_root, spec, workers=workers)
+        self.spec = spec
+        self.subset = subset
+        count = spec.count(subset)
+        paths = [video_path(subset, i) for i in range(count)]
+        labels = [video_label(subset, i, len(ACTION_NAMES)) for i in range(count)]
+        short = short_side or min(height, width)
+        super().__init__(
+            paths, labels, ACTION_NAMES, str(self.world_root),
+            clip_len=clip_len, stride=stride, short_side=short, crop_size=crop_size or short, mode=mode,
+            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
+        )  # fmt: skip
+
+    def ground_truth_parts(self) -> PartMapStore:
+        """The world's per-frame LIP part labels (kind ``labels``, full frame resolution), checked
+        to belong to this world."""
+        return PartMapStore(self.world_root / PARTS_DIR, expected_identity=self.spec.parts_identity())
