@@ -121,6 +121,9 @@ def test_output_shapes_tiny(factory, kwargs, clip, fmap):
     assert tuple(out.feature_map.shape) == fmap
     assert tuple(out.pooled.shape) == (clip[0], encoder.feature_dim)
     torch.testing.assert_close(out.pooled, out.feature_map.mean(dim=(2, 3, 4)))
+    if hasattr(encoder, "total_strides"):
+        t, s = encoder.total_strides()
+        assert fmap[2:] == (math.ceil(clip[2] / t), math.ceil(clip[3] / s), math.ceil(clip[4] / s))
 
 
 @pytest.mark.parametrize("factory, fmap", [(R3D, (1, 512, 1, 2, 2)), (R2Plus1D, (1, 512, 1, 2, 2)), (S3D, (1, 1024, 1, 1, 1))])
