@@ -1,0 +1,16 @@
+"""Entry point of ``hcframe-speed-example`` (declared in its pyproject.toml): registers its components.
+
+Keep this module cheap to import: it runs for every ``hcframe`` command, including ``--help``.
+"""
+
+import hcframe
+from hcframe.registry import Registry
+
+from hcframe_speed.c3d import C3DSmall
+from hcframe_speed.task import PlaybackSpeedPrediction
+
+
+@hcframe.hookimpl
+def hcframe_register(registry: Registry) -> None:
+    registry.add("task", "playback_speed", PlaybackSpeedPrediction)
+    registry.add("encoder", "c3d_small", C3DSmall)
