@@ -9,8 +9,8 @@ Layout of a world folder::
     parts/                      a :mod:`hcframe_video.partmaps` store, kind "labels", full video
                                 resolution, LIP label ids, keyed by the video paths above
 
-Videos are H.264 (libx264, yuv420p, constant rate factor ``crf``, one encoder thread, bit-exact
-muxing), so with the same PyAV/FFmpeg/x264 build the same world gives the same file bytes. 4:2:0
+Videos are H.264 (libx264, yuv420p, constant rate factor ``crf``, one encoder thread, x264's C
+code paths (``asm=0``), bit-exact muxing), so with the same PyAV/FFmpeg/x264 build the same world gives the same file bytes. 4:2:0
 chroma subsampling blurs colours across part edges by up to one pixel; inside parts colours survive
 to within a few grey levels at the default ``crf``.
 
@@ -133,15 +133,20 @@ def encode_h264(frames: np.ndarray, fps: int, crf: int) -> bytes:
     if height % 2 or width % 2:
         raise ValueError(f"H.264 4:2:0 needs even frame sizes, got {width}x{height}")
     buffer = io.BytesIO()
-    # bitexact: no library version strings or times that could differ between runs in the muxer;
-    # threads=1: x264's output must not depend on thread scheduling.
+    # Determinism: "+bitexact" keeps library version strings and times out of the muxer; threads=1
+    # keeps x264's decisions independent of scheduling; asm=0 because x264's SIMD paths gave
+    # run-to-run different bitstreams for identical 32x32 input in this build (about 1 video in 5;
+    # the C paths never did, at ~1.4x the encoding time). The RGB -> YUV 4:2:0 conversion runs in
+    # one swscale thread for the same reason.
     with av.open(buffer, "w", format="mp4", container_options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(
-            "libx264", rate=fps, options={"crf": str(crf), "preset": "medium", "threads": "1"}
-        )
+            "libx264", rate=fps,
+            options={"crf": str(crf), "preset": "medium", "threads": "1", "x264-params": "asm=0"},
+        )  # fmt: skip
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", threads=1)
+            for packet in stream.encode(yuv):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
