@@ -14,7 +14,7 @@ real keys) and ``momentum``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -119,8 +119,10 @@ class MoCoTask(PretextTask):
     momentum copy of this task's encoder (trunk + branch) and of the head, without gradient. The
     positive of a query is its key; the negatives are the queue. Each training step, in order:
     EMA update of the key encoder and key head towards the online ones (momentum from
-    ``momentum_schedule``), keys, loss, then the keys are enqueued (gathered from all ranks). In
-    eval mode nothing is updated or enqueued.
+    ``momentum_schedule``; once per optimiser step, also with gradient accumulation), keys, loss,
+    then the keys are enqueued (gathered from all ranks). In eval mode nothing is updated or
+    enqueued. The keys are computed by the key encoder from ``batch["views"]`` (a copy of
+    ``TaskInput.encoder``, i.e. the trunk and this task's branch, made in :meth:`setup`).
 
     Args:
         temperature: softmax temperature ``T`` (> 0); MoCo v2 uses 0.07.
@@ -147,9 +149,9 @@ class MoCoTask(PretextTask):
         temperature: float = 0.07,
         queue_size: int = 16384,
         momentum: float = 0.99,
-        momentum_schedule: str = "constant",
+        momentum_schedule: Literal["constant", "cosine"] = "constant",
         symmetric: bool = False,
-        key_bn: str = "shuffle",
+        key_bn: Literal["shuffle", "sync", "running_stats"] = "shuffle",
         hidden_dim: int = 512,
         out_dim: int = 128,
         num_layers: int = 2,
@@ -179,6 +181,9 @@ class MoCoTask(PretextTask):
         self.key_encoder: MomentumEncoder | None = None
         self.key_head: MomentumEncoder | None = None
         self.queue: NegativeQueue | None = None
+        # With gradient accumulation the engine calls forward several times per optimiser step;
+        # the online weights only change once per step, so the EMA moves once per step too.
+        self._momentum_updated_at: int | None = None
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = ProjectionMLP(feature_dim, **self.projection)
@@ -239,9 +244,10 @@ class MoCoTask(PretextTask):
     def forward(self, inp: TaskInput) -> TaskOutput:
         if self.head is None or self.queue is None:
             raise RuntimeError("moco: setup(encoder, feature_dim) was not called")
-        momentum = None
-        if self.training:
-            momentum = self.momentum_update(inp.encoder, inp.step, inp.max_steps)
+        momentum = momentum_at(inp.step, inp.max_steps, self.momentum, self.momentum_schedule)
+        if self.training and self._momentum_updated_at != inp.step:
+            self.momentum_update(inp.encoder, inp.step, inp.max_steps)
+            self._momentum_updated_at = inp.step
         logits, key = self.logits(inp)
         loss = logits.loss()
         metrics: dict[str, Tensor | float] = dict(logits.metrics())
