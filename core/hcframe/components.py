@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, NamedTuple
 
 import attrs
 import torch
@@ -39,11 +39,11 @@ __all__ = [
 ]
 
 
-@attrs.frozen
-class EncoderOutput:
+class EncoderOutput(NamedTuple):
     """What an encoder (or one task's branch of it) returns for a batch of clips.
 
-    ``feature_map`` is ``[B, D, t, h, w]``; ``pooled`` is ``[B, D]``.
+    ``feature_map`` is ``[B, D, t, h, w]``; ``pooled`` is ``[B, D]``. A named tuple, so tracers
+    (fvcore's flop counter, torch.jit) accept encoders as they are.
     """
 
     feature_map: Tensor

@@ -300,10 +300,6 @@ def test_fvcore_counts_every_convolution(factory, kwargs):
 
 
 @jit_deprecation
-@pytest.mark.skipif(
-    not issubclass(EncoderOutput, tuple),
-    reason="core EncoderOutput is an attrs class; torch.jit tracing (fvcore) needs a NamedTuple output",
-)
 def test_fvcore_counts_the_encoder_directly():
     from fvcore.nn import FlopCountAnalysis
 

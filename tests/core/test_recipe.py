@@ -64,7 +64,7 @@ def test_nested_component_tables_build_through_the_registry():
 
 
 def test_resolved_recipe_round_trips_through_toml():
-    recipe = parse_recipe({**BASE, "combiner": {"weights": {"t": 2.0}}, "eval": [{"protocol": "x"}]}, "r.toml", _registry())
+    recipe = parse_recipe({**BASE, "combiner": {"weights": {"t": 2.0}}}, "r.toml", _registry())
     text = recipe.to_toml()
     again = parse_recipe(tomllib.loads(text), "again.toml", _registry())
     assert again.raw == recipe.raw and again.sha256() == recipe.sha256()
