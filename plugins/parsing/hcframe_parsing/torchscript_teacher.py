@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -55,7 +56,10 @@ class TorchScriptTeacher(hcframe.Teacher):
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"teacher.resize_mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
         try:
-            self.module = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():
+                # torch >= 2.9 marks TorchScript deprecated; exported parsers are still TorchScript files.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.module = torch.jit.load(path, map_location="cpu")
         except Exception as exc:
             raise ValueError(f"teacher.path {path!r} is not a TorchScript file ({type(exc).__name__}: {exc})") from exc
         self.path = path
