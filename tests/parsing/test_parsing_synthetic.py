@@ -1,0 +1,55 @@
+"""The parsing task on the synthetic world: ground-truth targets and a teacher cache reach the
+samples through task.target_store(dataset), as the engine wires them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import hcframe
+from hcframe.components import EncoderOutput, TaskInput
+from hcframe.data import collate
+from hcframe_parsing.cache import cache_teacher
+from hcframe_parsing.torchscript_teacher import TorchScriptTeacher
+from hcframe_video.partmaps import LIP_LABELS
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+
+
+def _world(root):
+    return hcframe.get_registry().create(
+        "dataset", "synthetic_humans", root=str(root), num_train=4, num_test=1, num_frames=8, workers=1, clip_len=4, num_clips=1
+    )
+
+
+def _step(task, dataset):
+    dataset.num_views = task.num_views
+    dataset.target_store = task.target_store(dataset)  # what the engine does for needs={"parts"}
+    batch = collate([dataset[(i, 0)] for i in range(len(dataset))])
+    batch = hcframe.get_registry().create("transform", "normalize")(batch, train=False)
+    task.setup(nn.Identity(), feature_dim=6)
+    fmap = torch.randn(len(dataset), 6, 2, 4, 4)
+    return batch, task(TaskInput(batch, [EncoderOutput(fmap, fmap.mean(dim=(2, 3, 4)))], nn.Identity(), 0, 1))
+
+
+def test_ground_truth_and_cached_teacher_targets_on_the_synthetic_world(tmp_path, tiny_parser_file):
+    dataset = _world(tmp_path / "world")
+    registry = hcframe.get_registry()
+    gt_task = registry.create("task", "parsing_distill", teacher=registry.create("teacher", "synthetic_ground_truth"))
+    batch, out = _step(gt_task, dataset)
+    parts = batch["parts"][0]
+    assert parts.shape[:3] == (4, 20, 4)
+    assert torch.allclose(parts.sum(dim=1), torch.ones(()))  # every pixel of the world is labelled
+    assert (parts[:, 1:].sum(dim=1) > 0).any()  # some person pixels
+    assert torch.isfinite(out.losses["distill"]) and 0 <= out.metrics["miou"] <= 1
+
+    teacher = TorchScriptTeacher(str(tiny_parser_file(num_classes=20)), list(LIP_LABELS), [16, 16])
+    report = cache_teacher(teacher, dataset, tmp_path / "cache", resolution=(8, 8), k=3, progress=False)
+    assert len(report.written) == 4 and not report.failed
+    cached_task = registry.create("task", "parsing_distill", teacher=teacher, cache=str(tmp_path / "cache"))
+    batch, out = _step(cached_task, _world(tmp_path / "world"))
+    parts = batch["parts"][0]
+    assert parts.shape[:3] == (4, 20, 4)
+    assert ((parts > 0).sum(dim=1) <= 3).all()  # top-3 targets
+    assert torch.isfinite(out.losses["distill"])
