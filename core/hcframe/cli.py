@@ -235,6 +235,87 @@ def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | Non
         out_console.print("operators fvcore could not count: none")
 
 
+# --- eval ------------------------------------------------------------------------------------------
+@cli.command("eval")
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False), help="A training checkpoint (checkpoints/step_N.pt) or a saved state dict.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
+@click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Where eval.json and the feature cache go (default: the checkpoint's run directory).")
+def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], output: str | None) -> None:
+    """Run only the recipe's [[eval]] stages on a checkpoint's model weights."""
+    from rich.markup import escape
+
+    recipe = _load(recipe_path, overrides)
+    if not recipe.evaluations:
+        fail(escape(f"{recipe.source}: the recipe has no [[eval]] tables; add one (protocol = \"linear_probe\", ...)"), 2)
+    checkpoint_path = Path(checkpoint)
+    if not checkpoint_path.is_file():
+        fail(escape(f"{checkpoint_path}: checkpoint file not found"), 2)
+    from hcframe.evaluation import default_eval_dir, eval_table, evaluate_checkpoint
+
+    out_dir = Path(output) if output else default_eval_dir(checkpoint_path)
+    try:
+        report = evaluate_checkpoint(recipe, checkpoint_path, out_dir, progress=err_console.is_terminal)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except Exception as exc:  # one line; the traceback only on request
+        if os.environ.get("HCFRAME_DEBUG"):
+            traceback.print_exc()
+        fail(escape(f"eval failed: {type(exc).__name__}: {exc} (set HCFRAME_DEBUG=1 for the traceback)"), 1)
+    out_console.print(eval_table(report["eval"]))
+    err_console.print(escape(f"results written to {out_dir / 'eval.json'} ({report['wall_time_s']:.1f} s)"))
+
+
+# --- report ----------------------------------------------------------------------------------------
+@cli.command("report")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", "out_dir", default=None, metavar="DIR", help="Where the plots and eval.md go (default: RUN_DIR/report).")
+def report_command(run_dir: str, out_dir: str | None) -> None:
+    """PNG plots of a run's losses, learning rate, accuracies, parsing quality, gradient cosines
+    and loss weights over steps, and its evaluation results as Markdown (eval.md)."""
+    from rich.markup import escape
+
+    from hcframe.report import ReportError, write_report
+
+    try:
+        paths = write_report(run_dir, out_dir)
+    except ReportError as exc:
+        fail(escape(str(exc)), 2)
+    for path in paths:
+        click.echo(str(path))
+
+
+# --- ablation --------------------------------------------------------------------------------------
+@cli.command("ablation")
+@click.argument("recipe_paths", nargs=-1, required=True, metavar="RECIPE...")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds (train.seed); every recipe runs once per seed.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder of the runs (<recipe stem>/seed<N>) and of ablation.{md,json,png}.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a key in every recipe (TOML value). Repeatable.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME|GLOB",
+              help="Compare only these results: a full name (linear_probe/<dataset>/concat/top1), a glob, or a bare metric (top1). Repeatable; default: every float eval metric.")
+def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, overrides: tuple[str, ...], metrics: tuple[str, ...]) -> None:
+    """Run each RECIPE for every seed (sequentially, resumable: finished runs are skipped) and
+    print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, .png."""
+    from rich.markup import escape
+
+    from hcframe.ablation import AblationError, ablation_table, parse_seeds, run_ablation, write_ablation_outputs
+
+    _registry_or_fail()
+    output_dir = Path(output)
+    try:
+        result = run_ablation(recipe_paths, parse_seeds(seeds), output_dir, overrides=overrides, metrics=metrics,
+                              log=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
+    except (AblationError, RecipeError) as exc:
+        fail(escape(str(exc)), 2)
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command again to continue (finished runs are skipped)", 130)
+    out_console.print(ablation_table(result))
+    for path in write_ablation_outputs(result, output_dir, log=lambda m: err_console.print(m, markup=False)):
+        err_console.print(f"wrote {path}", markup=False)
+    if result.failed:
+        fail(escape(f"{len(result.failed)} of {len(result.runs)} runs failed: " + "; ".join(f"{r.name} seed {r.seed}: {r.error}" for r in result.failed)), 1)
+
+
 def main() -> None:
     try:
         cli.main(prog_name="hcframe", standalone_mode=True)

@@ -424,9 +424,9 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
     if model.split != "none":
         # The stage names are only known once the encoder exists; checked again when it is built.
         pass
-    evaluations = raw.get("eval", [])
-    if not isinstance(evaluations, list) or not all(isinstance(e, dict) for e in evaluations):
-        raise RecipeError("eval: expected [[eval]] tables")
+    from hcframe.evaluation.spec import parse_eval_tables  # lazy: the evaluation package imports this module
+
+    evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
 
     resolved: dict[str, Any] = {
         "data": data.to_table(),

@@ -34,6 +34,7 @@ from hcframe.recipe import (
     _build_component,
     _build_engine_table,
     _check_value,
+    _factory_signature,
     _suggest,
 )
 from hcframe.registry import Registry
@@ -230,14 +231,11 @@ def _dataset_specs(
         return {None: _build_component("dataset", table, f"{where}.{key}", registry)}
     if "split" in table:
         raise RecipeError(f"{where}.{key}.split: the table also has splits = {splits}; remove one of them")
-    out: dict[int | None, ComponentSpec] = {}
-    for split in splits:
-        spec = _build_component("dataset", {**table, "split": split}, f"{where}.{key}", registry)
-        out[split] = spec
-    if "split" not in next(iter(out.values())).args:
-        name = table.get("name")
-        raise RecipeError(f"{where}.splits: dataset {name!r} has no 'split' argument; remove splits")
-    return out
+    base = _build_component("dataset", table, f"{where}.{key}", registry)
+    signature, _ = _factory_signature(registry.get("dataset", base.name).factory)
+    if "split" not in signature.parameters:
+        raise RecipeError(f"{where}.splits: dataset {base.name!r} has no 'split' argument; remove splits")
+    return {split: _build_component("dataset", {**table, "split": split}, f"{where}.{key}", registry) for split in splits}
 
 
 def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) -> tuple[EvalSpec, dict[str, Any]]:

@@ -1,0 +1,276 @@
+"""Running a recipe's ``[[eval]]`` stages, on a trained model or on a checkpoint.
+
+Results are a flat dict ``{"<protocol>/<test dataset>/<branch>[/split<k>]": {metric: value}}``
+(or ``"<label>[/split<k>]"``) plus ``".../mean"`` entries averaging the float metrics over splits
+when several are asked for. Accuracies and recalls are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from rich.table import Table
+
+from hcframe.engine import distributed as hd
+from hcframe.engine.model import MultiTaskModel
+from hcframe.evaluation.features import encoder_fingerprint, load_or_extract_features
+from hcframe.evaluation.finetune import finetune_metrics
+from hcframe.evaluation.linear_probe import linear_probe_metrics
+from hcframe.evaluation.multiview import multiview_probe_metrics
+from hcframe.evaluation.retrieval import retrieval_metrics
+from hcframe.evaluation.spec import EvalSpec, build_eval_specs
+from hcframe.recipe import ComponentSpec, Recipe
+from hcframe.registry import Registry, get_registry
+
+__all__ = ["default_eval_dir", "eval_table", "evaluate_checkpoint", "load_model_weights", "run_evaluations"]
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+class _Context:
+    """What every evaluation of one call shares: model, device, registry, caches."""
+
+    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log) -> None:
+        self.recipe, self.model, self.device, self.registry, self.log = recipe, model, device, registry, log
+        self.cache_dir = run_dir / "features"
+        self.precision = recipe.train.precision
+        self._fingerprints: dict[str, str] = {}
+
+    def fingerprint(self, branch: str) -> str:
+        if branch not in self._fingerprints:
+            self._fingerprints[branch] = encoder_fingerprint(self.model, branch)
+        return self._fingerprints[branch]
+
+    def transform(self, spec: ComponentSpec | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+        chosen = spec or self.recipe.transform
+        return chosen.build(self.registry).to(self.device), chosen.to_table()
+
+    def features(self, spec: EvalSpec, dataset: ComponentSpec):
+        transform, table = self.transform(spec.transform)
+        fs, _, _ = load_or_extract_features(
+            self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
+            fingerprint=self.fingerprint(spec.branch), batch_size=spec.batch_size, num_workers=spec.num_workers,
+            precision=self.precision, registry=self.registry, log=self.log,
+        )
+        return fs
+
+
+def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
+    bad = sum(fs.num_bad for fs in feature_sets)
+    return {**metrics, "bad_videos": bad} if bad else metrics
+
+
+def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+    o = spec.options
+    return _with_bad(linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, device=ctx.device), tr, te)
+
+
+def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+    o = spec.options
+    return _with_bad(multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, device=ctx.device), tr, te)
+
+
+def _retrieval(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+    return _with_bad(retrieval_metrics(tr, te, list(spec.options.ks), log=ctx.log), tr, te)
+
+
+def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+    train_transform, _ = ctx.transform(spec.train_transform)
+    test_transform, _ = ctx.transform(spec.transform)
+    train_ds, test_ds = train.build(ctx.registry), test.build(ctx.registry)
+    train_ds.num_views = test_ds.num_views = 1
+    return finetune_metrics(
+        ctx.model, spec.branch, train_ds, test_ds, spec.options, train_transform, test_transform, ctx.device,
+        batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, precision=ctx.precision, log=ctx.log,
+    )
+
+
+PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, ComponentSpec, ComponentSpec], dict[str, Any]]] = {
+    "linear_probe": _linear_probe,
+    "multiview": _multiview,
+    "retrieval": _retrieval,
+    "finetune": _finetune,
+}
+
+
+def _mean_over_splits(per_split: list[dict[str, Any]], splits: list[Any]) -> dict[str, Any]:
+    keys = [k for k, v in per_split[0].items() if isinstance(v, float) and all(isinstance(m.get(k), float) for m in per_split)]
+    return {**{k: sum(m[k] for m in per_split) / len(per_split) for k in keys}, "splits": list(splits)}
+
+
+def run_evaluations(
+    recipe: Recipe,
+    model: MultiTaskModel,
+    run_dir: Path,
+    *,
+    device: torch.device | None = None,
+    log: Log = _stderr,
+    progress: bool = False,
+    registry: Registry | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every ``[[eval]]`` table of ``recipe`` on ``model`` (left unchanged, its train/eval mode
+    restored); features are cached under ``run_dir/features``. Each evaluation runs inside
+    :func:`torch.random.fork_rng` seeded with its ``seed``: results do not depend on what ran
+    before, and the caller's random state is untouched. Runs on the main process only (other
+    ranks return ``{}``). ``progress`` is accepted for the CLI; progress goes to ``log``."""
+    if not hd.is_main_process():
+        return {}
+    registry = registry or get_registry()
+    if device is None:
+        from hcframe.engine.trainer import choose_device
+
+        device = choose_device(recipe.train.device)
+    specs = build_eval_specs(recipe.evaluations, registry, list(recipe.tasks))
+    ctx = _Context(recipe, model, Path(run_dir), device, registry, log)
+    results: dict[str, dict[str, Any]] = {}
+    was_training = model.training
+    model.eval()
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        for spec in specs:
+            per_split = []
+            for split, (train, test) in spec.datasets.items():
+                key = spec.result_key(split)
+                started = time.perf_counter()
+                log(f"{spec.where}: {key}")
+                with torch.random.fork_rng(devices=rng_devices):
+                    torch.manual_seed(spec.seed)
+                    metrics = PROTOCOLS[spec.protocol](ctx, spec, train, test)
+                results[key] = metrics
+                per_split.append(metrics)
+                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+                log(f"{spec.where}: {key}: {shown} ({time.perf_counter() - started:.1f} s)")
+            mean_key = spec.mean_key()
+            if mean_key is not None:
+                results[mean_key] = _mean_over_splits(per_split, spec.splits)
+    finally:
+        model.train(was_training)
+    return results
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def load_model_weights(model: MultiTaskModel, checkpoint: Path) -> dict[str, Any]:
+    """Load a training checkpoint's ``model`` weights (or a bare state dict) into ``model``
+    (``weights_only=True``). Returns the checkpoint's other fields (``step`` …). Raises
+    ``ValueError`` with one line when the weights do not fit the recipe's model."""
+    from hcframe.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(checkpoint))
+    weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+    if not isinstance(weights, dict):
+        raise ValueError(f"{checkpoint}: holds no model weights (expected a training checkpoint or a state dict)")
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    reshaped = [k for k in own if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if reshaped:
+            k = reshaped[0]
+            parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)})")
+        raise ValueError(f"{checkpoint}: weights do not fit the recipe's model: {'; '.join(parts)}; use the recipe the checkpoint was trained with")
+    model.load_state_dict(weights)
+    return {k: v for k, v in state.items() if k != "model"} if weights is not state else {}
+
+
+def default_eval_dir(checkpoint: Path) -> Path:
+    """The run directory of ``<run>/checkpoints/step_N.pt``, else the checkpoint's folder."""
+    checkpoint = Path(checkpoint)
+    parent = checkpoint.parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def evaluate_checkpoint(
+    recipe: Recipe,
+    checkpoint: Path,
+    output_dir: Path,
+    *,
+    device: torch.device | None = None,
+    log: Log = _stderr,
+    progress: bool = False,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """Build the recipe's model, load ``checkpoint``'s weights, run the evaluation stages; write
+    ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it."""
+    from hcframe.engine.trainer import build_model, choose_device
+    from hcframe.run import write_json_atomic
+
+    started = time.perf_counter()
+    registry = registry or get_registry()
+    device = device or choose_device(recipe.train.device)
+    model = build_model(recipe, registry)
+    info = load_model_weights(model, checkpoint)
+    model.to(device)
+    output_dir = Path(output_dir)
+    results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry)
+    report = {
+        "recipe": recipe.source,
+        "checkpoint": str(checkpoint),
+        "step": info.get("step"),
+        "eval": results,
+        "wall_time_s": time.perf_counter() - started,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(output_dir / "eval.json", report)
+    return report
+
+
+# --- display -------------------------------------------------------------------------------------
+def _is_fraction_metric(name: str) -> bool:
+    return name.startswith(("top", "clip_top", "train_top", "R@"))
+
+
+def _metric_order(name: str) -> tuple[int, int, str]:
+    """top-k first, then clip-level, recalls by k, training figures, anything else."""
+    if name.startswith("top"):
+        return (0, int(name[3:]) if name[3:].isdigit() else 0, name)
+    if name.startswith("clip_top"):
+        return (1, 0, name)
+    if name.startswith("R@"):
+        return (2, int(name[2:]) if name[2:].isdigit() else 0, name)
+    if name.startswith("train_"):
+        return (3, 0, name)
+    return (4, 0, name)
+
+
+def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") -> Table:
+    """A rich table: one row per result key, one column per float metric (accuracies and
+    recalls in %), and the number of train/test videos and test views per video."""
+    columns = sorted(
+        {n for m in results.values() for n, v in m.items() if isinstance(v, float)},
+        key=_metric_order,
+    )
+    table = Table(title=title, caption="accuracies and recalls in %; videos: train/test; views: per test video")
+    table.add_column("evaluation", overflow="fold", min_width=20)
+    for name in columns:
+        table.add_column(name, justify="right")
+    table.add_column("videos", justify="right")
+    table.add_column("views", justify="right")
+    for key, metrics in results.items():
+        cells = []
+        for name in columns:
+            value = metrics.get(name)
+            if not isinstance(value, float):
+                cells.append("-")
+            elif _is_fraction_metric(name):
+                cells.append(f"{100 * value:.1f}")
+            else:
+                cells.append(f"{value:.4g}")
+        videos = f"{metrics['num_train']}/{metrics['num_test']}" if "num_train" in metrics and "num_test" in metrics else "-"
+        table.add_row(key, *cells, videos, str(metrics.get("test_views", "-")))
+    return table
