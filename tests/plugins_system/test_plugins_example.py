@@ -180,3 +180,25 @@ def test_c3d_small_shallow_and_tiny_inputs():
     for bad in ({"width": 0}, {"num_stages": 6}, {"num_stages": 0}):
         with pytest.raises(ValueError, match="c3d_small: "):
             C3DSmall(**bad)
+
+
+def test_example_plugin_adds_its_command_through_the_hook(fresh_registry):
+    import click
+    from click.testing import CliRunner
+
+    from hcframe.registry import build_registry
+    from hcframe_speed import C3DSmall
+
+    _require_example_installed()
+    group = click.Group()
+    errors = []
+    build_registry(autoload=True).add_commands(group, on_error=lambda provider, exc: errors.append(provider))
+    assert "c3d-stages" in group.commands
+    result = CliRunner().invoke(group, ["c3d-stages", "--width", "2", "--frames", "8", "--size", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["stage"] for r in rows] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert [r["output"] for r in rows] == [[2, 8, 8, 8], [4, 4, 4, 4], [8, 2, 2, 2], [16, 1, 1, 1], [16, 1, 1, 1]]
+    assert sum(r["parameters"] for r in rows) == sum(p.numel() for p in C3DSmall(width=2).parameters())
+    bad = CliRunner().invoke(group, ["c3d-stages", "--num-stages", "7"])
+    assert bad.exit_code == 2 and "c3d_small: num_stages must be between 1 and 5, got 7" in bad.output

@@ -14,3 +14,11 @@ from hcframe_speed.task import PlaybackSpeedPrediction
 def hcframe_register(registry: Registry) -> None:
     registry.add("task", "playback_speed", PlaybackSpeedPrediction)
     registry.add("encoder", "c3d_small", C3DSmall)
+
+
+@hcframe.hookimpl
+def hcframe_add_commands(cli) -> None:
+    # Imported here, not at the top: registering components must not pay for the command's imports.
+    from hcframe_speed.commands import c3d_stages_command
+
+    cli.add_command(c3d_stages_command)
