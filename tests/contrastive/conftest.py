@@ -34,6 +34,15 @@ def task_input(encoder: nn.Module, views: list[torch.Tensor], step: int = 0, max
     )
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The machine is shared: one intra-op thread is faster than two fighting for two cores."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_encoder_factory():
     return TinyVideoEncoder

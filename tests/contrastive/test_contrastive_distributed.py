@@ -52,6 +52,7 @@ class LinearEncoder(nn.Module):
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         torch.manual_seed(0)
@@ -98,6 +99,13 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         # parameters only: the key encoder's BN running statistics follow its local (shuffled)
         # sub-batch and are replaced by the online encoder's at the next momentum update
         result["moco_key_state"] = {n: t.clone() for n, t in moco.key_encoder.named_parameters()}
+        sync = MoCoTask(queue_size=10, hidden_dim=8, out_dim=4, key_bn="sync")
+        sync.setup(encoder, 5)
+        try:
+            sync.keys(fv[1], 0)
+            result["sync_error"] = ""
+        except ValueError as exc:
+            result["sync_error"] = str(exc)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -217,3 +225,8 @@ def test_moco_step_keeps_queue_and_key_encoder_identical_across_ranks(ranks):
     assert len(first["moco_key_state"]) == 4
     for name, tensor in first["moco_key_state"].items():
         assert torch.equal(tensor, second["moco_key_state"][name]), name
+
+
+def test_sync_batch_norm_on_cpu_ranks_is_refused_with_a_clear_message(ranks):
+    for result in ranks:
+        assert "key_bn = 'sync' needs CUDA" in result["sync_error"]

@@ -81,8 +81,8 @@ def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
 
 def _run(args, cwd, nproc):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
-    cmd = [*prefix, "-m", "hcframe", "--plugin", "hcframe_testkit", *args]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*launcher, "-m", "hcframe", "--plugin", "hcframe_testkit", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -91,7 +91,7 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path):
     # No batch norm anywhere (the test encoder has none): per-rank statistics would differ by design.
     path = tmp_path / "recipe.toml"
     path.write_text(dump_toml(recipe_table(batch_norm=False, steps=4)))
-    _run(["run", str(path), "--output", "one"], tmp_path, nproc=1)
+    _train(load_recipe(path), tmp_path / "one")
     _run(["run", str(path), "--output", "two"], tmp_path, nproc=2)
     a = load_checkpoint(latest_checkpoint(tmp_path / "one" / "checkpoints"))["model"]
     b = load_checkpoint(latest_checkpoint(tmp_path / "two" / "checkpoints"))["model"]

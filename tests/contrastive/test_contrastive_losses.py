@@ -168,3 +168,15 @@ def test_projection_mlp_shapes_and_normalisation(num_layers, batch_norm):
     assert not torch.allclose(raw.norm(dim=1), torch.ones(5))
     with pytest.raises(ValueError, match="num_layers"):
         ProjectionMLP(12, num_layers=0)
+
+
+@pytest.mark.parametrize("form", ["symmetric", "queue"])
+def test_similarities_are_float32_under_autocast(inputs, form):
+    q, k, negatives = (t.to(torch.bfloat16) for t in inputs)
+    neg = negatives if form == "queue" else None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = contrastive_logits(q, k, neg, 0.07, symmetric=form == "symmetric")
+        loss = logits.loss()
+    assert logits.similarities.dtype == torch.float32 and loss.dtype == torch.float32
+    expected = info_nce(q.float(), k.float(), None if neg is None else neg.float(), 0.07, symmetric=form == "symmetric")
+    assert torch.equal(loss, expected)

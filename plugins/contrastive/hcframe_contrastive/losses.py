@@ -107,6 +107,19 @@ def contrastive_logits(
             "info_nce: with a negatives tensor (queue form) symmetric and gather must be False; "
             "call it once per direction and gather the queue's keys instead"
         )
+    # Similarities in float32 at least, also under autocast: with T = 0.07 a bfloat16 cosine
+    # (8-bit mantissa) would move the logits by ~0.05. The matrices are small next to the encoder.
+    dtype = torch.promote_types(torch.promote_types(query.dtype, key.dtype), torch.float32)
+    with torch.autocast(query.device.type, enabled=False):
+        return _similarities(
+            query.to(dtype), key.to(dtype), None if negatives is None else negatives.to(dtype),
+            float(temperature), symmetric, gather, normalize,
+        )
+
+
+def _similarities(
+    query: Tensor, key: Tensor, negatives: Tensor | None, temperature: float, symmetric: bool, gather: bool, normalize: bool
+) -> ContrastiveLogits:
     if normalize:
         query = F.normalize(query, dim=1)
         key = F.normalize(key, dim=1)
@@ -117,7 +130,7 @@ def contrastive_logits(
         positive = (query * key).sum(dim=1, keepdim=True)
         sims = torch.cat([positive, query @ negatives.t()], dim=1)
         targets = torch.zeros(batch, dtype=torch.long, device=query.device)
-        return ContrastiveLogits(sims, targets, float(temperature))
+        return ContrastiveLogits(sims, targets, temperature)
 
     if gather:
         all_keys = all_gather_with_grad(key)  # identity in a single process (rank 0)
@@ -130,7 +143,7 @@ def contrastive_logits(
         all_queries = all_gather_with_grad(query) if gather else query
         sims = torch.cat([sims, key @ all_queries.t()], dim=0)
         targets = torch.cat([targets, targets])
-    return ContrastiveLogits(sims, targets, float(temperature))
+    return ContrastiveLogits(sims, targets, temperature)
 
 
 def info_nce(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from hcframe.components import PretextTask, TaskInput, TaskOutput
+from hcframe.engine.distributed import world_size
 
 from hcframe_contrastive.heads import ProjectionMLP
 from hcframe_contrastive.losses import ContrastiveLogits, contrastive_logits
@@ -203,6 +204,11 @@ class MoCoTask(PretextTask):
         def encode(batch: Tensor) -> Tensor:
             return key_head(_pooled(key_encoder(batch)))
 
+        if self.key_bn == "sync" and world_size() > 1 and clips.device.type == "cpu":
+            raise ValueError(
+                "moco: key_bn = 'sync' needs CUDA in a multi-process run (PyTorch's SyncBatchNorm); "
+                "use key_bn = 'shuffle' on CPU"
+            )
         if self.key_bn == "running_stats":
             key_encoder.eval()
             key_head.eval()
