@@ -16,6 +16,7 @@ from hcframe_video.partmaps import (
     PartMapError,
     PartMapStore,
     PartMapWriter,
+    flip_permutation,
     quantise_topk,
     safe_name,
 )
@@ -160,3 +161,10 @@ def test_safe_name_is_injective_and_safe():
     assert len(set(names)) == len(ids)
     for n in names:
         assert "/" not in n and not n.startswith(".") and os.sep not in n
+
+
+def test_flip_permutation_swaps_left_and_right_classes():
+    perm = flip_permutation(LIP_LABELS)
+    swapped = {c: perm[c] for c in range(20) if perm[c] != c}
+    assert swapped == {14: 15, 15: 14, 16: 17, 17: 16, 18: 19, 19: 18}
+    assert flip_permutation(["background", "left_hand", "RightHand", "left leg"]) == [0, 2, 1, 3]  # no right leg

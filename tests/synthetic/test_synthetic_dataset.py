@@ -147,3 +147,35 @@ def test_show_writes_a_png_and_a_gif(tiny_world, tmp_path):
 def test_show_rejects_a_folder_that_is_not_a_world(tmp_path):
     result = CliRunner().invoke(show_command, [str(tmp_path), "--out", str(tmp_path / "s.png")])
     assert result.exit_code == 2 and "no world.json" in result.output
+
+
+def test_show_builds_the_dataset_of_a_recipe(tiny_world, tmp_path):
+    root, spec = tiny_world
+    encoders = get_registry().names("encoder")
+    if not encoders:
+        pytest.skip("no encoder plugin installed: a recipe needs one")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f"""
+[data]
+name = "synthetic_humans"
+root = "{root}"
+num_train = {spec.num_train}
+num_test = {spec.num_test}
+world_seed = {spec.seed}
+num_frames = {spec.config.num_frames}
+workers = 1
+
+[transform]
+name = "normalize"
+
+[model.encoder]
+name = "{encoders[0]}"
+
+[tasks.sup]
+name = "supervised"
+num_classes = 12
+""")
+    png = tmp_path / "from_recipe.png"
+    result = CliRunner().invoke(show_command, [str(recipe), "--out", str(png), "--clips", "4", "-o", "data.subset=test"])
+    assert result.exit_code == 0, result.output
+    assert "4 clips" in result.output and Image.open(png).format == "PNG"

@@ -86,6 +86,7 @@ __all__ = [
     "PartMapStore",
     "PartMapWriter",
     "TOPK_MAX_ERROR",
+    "flip_permutation",
     "quantise_topk",
     "safe_name",
     "topk_from_probabilities",
@@ -133,6 +134,32 @@ def safe_name(video_id: str) -> str:
         else:
             out.append(f"%{byte:02X}")
     return "".join(out)
+
+
+def flip_permutation(label_names: Sequence[str]) -> list[int]:
+    """Where each class goes when the image is flipped horizontally: ``perm[c]`` is the class that
+    ``c`` becomes. A person's left arm seen in a mirrored image is their right arm, so classes named
+    ``Left<x>``/``Right<x>`` (any case, ``-``/``_``/space or nothing after the side) swap; all others
+    stay. For LIP: 14<->15 (arms), 16<->17 (legs), 18<->19 (shoes). Flip part maps with
+    ``maps[perm]``-style indexing: ``flipped[:, perm[c]] = maps[:, c]`` (the permutation is its own
+    inverse, so ``flipped = maps[:, perm]`` is the same thing)."""
+    import re
+
+    def side_and_rest(name: str) -> tuple[str, str] | None:
+        match = re.fullmatch(r"(left|right)[-_ ]?(.*)", name.strip(), flags=re.IGNORECASE)
+        return (match.group(1).lower(), match.group(2).lower()) if match else None
+
+    index = {}
+    for c, name in enumerate(label_names):
+        parsed = side_and_rest(name)
+        if parsed is not None:
+            index[parsed] = c
+    perm = list(range(len(label_names)))
+    for (side, rest), c in index.items():
+        other = index.get(("right" if side == "left" else "left", rest))
+        if other is not None:
+            perm[c] = other
+    return perm
 
 
 def _frame_member(frame: int) -> str:
