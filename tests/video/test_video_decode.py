@@ -9,7 +9,7 @@ import torch
 
 from hcframe.data import BadVideo, TargetStore, collate, sample_generator
 from hcframe_video.clips import BadVideoError, VideoClipDataset, area_resample_box, clip_frame_indices
-from hcframe_video.decode import decode_frames, probe_video, resized_size
+from hcframe_video.decode import decode_boxes, decode_frames, plan_segments, probe_video, resized_size
 
 from conftest import frame_level, write_avi, write_mp4, write_video
 
@@ -62,9 +62,16 @@ def test_two_view_sample_matches_separate_decodes_and_crops(videos):
     assert plans[0].resize == resized_size(32, 24, 20) == (27, 20)
     for v, plan in enumerate(plans):
         assert sample["frame_indices"][v].tolist() == plan.frame_indices
-        frames, _ = decode_frames(str(videos["mp4"]), plan.frame_indices, size=plan.resize)
-        expected = frames[:, plan.y : plan.y + 16, plan.x : plan.x + 16].transpose(3, 0, 1, 2)
-        np.testing.assert_array_equal(sample["views"][v].numpy(), expected)
+        # The same view decoded on its own (its own pass over the file) is bit-identical.
+        alone = decode_boxes(str(videos["mp4"]), [(plan.frame_indices, plan.source_box)], (16, 16))[0]
+        np.testing.assert_array_equal(sample["views"][v].numpy(), alone.transpose(3, 0, 1, 2))
+        # And it shows the box: full frames cut in numpy and resized by torch agree closely.
+        x, y, w, h = plan.source_box
+        assert (w, h) == (20, 20) and x % 2 == y % 2 == 0 and x + w <= 32 and y + h <= 24
+        full, _ = decode_frames(str(videos["mp4"]), plan.frame_indices)
+        cut = torch.from_numpy(full[:, y : y + h, x : x + w]).permute(3, 0, 1, 2).float()
+        reference = torch.nn.functional.interpolate(cut, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
+        assert (sample["views"][v].float() - reference).abs().mean() < 3
     # Views of a sample are independent draws; the same (index, epoch) replays exactly.
     assert sample["frame_indices"][0].tolist() != sample["frame_indices"][1].tolist() or plans[0].x != plans[1].x
     again = ds[(0, 3)]
@@ -132,7 +139,9 @@ def test_parts_are_cut_with_the_pixel_box(videos):
         plans = ds.plan_views(ds.video_info(0), sample_generator(0, epoch, 0))
         full = store.read("v.mp4", list(range(40))).double()
         for v, plan in enumerate(plans):
-            crop = full[:, plan.frame_indices, plan.y : plan.y + 16, plan.x : plan.x + 16]
+            x, y, w, h = plan.source_box
+            assert (w, h) == (16, 16)  # the store and the frames share the size: no resize
+            crop = full[:, plan.frame_indices, y : y + 16, x : x + 16]
             reference = crop.reshape(2, 5, 4, 4, 4, 4).mean(dim=(3, 5))
             torch.testing.assert_close(parts[v].double(), reference, atol=2e-3, rtol=0)
             sums = parts[v].double().sum(dim=0)
@@ -221,3 +230,14 @@ def test_labels_and_ids(videos):
     assert ds.labels() == [1, -1] and ds.num_classes == 2
     with pytest.raises(ValueError, match=r"labels\[0\]"):
         VideoClipDataset(["v.avi"], [2], ["a", "b"], str(videos["root"]))
+
+
+def test_keyframes_and_segment_planning(videos):
+    assert probe_video(str(videos["avi"])).keyframes == (0, 12, 24, 36)
+    assert probe_video(str(videos["mp4"])).keyframes == (0,)
+    # Views far apart in a file with frequent keyframes are read with a seek in between;
+    # with one keyframe per video, continuing is cheaper than restarting from frame 0.
+    assert plan_segments([3, 5, 7, 20, 22, 24, 26], (0, 12, 24, 36)) == [[3, 5, 7], [20, 22, 24, 26]]
+    assert plan_segments([3, 5, 11, 13], (0, 12, 24, 36)) == [[3, 5, 11, 13]]
+    assert plan_segments([3, 5, 7, 20, 22], (0,)) == [[3, 5, 7, 20, 22]]
+    assert plan_segments([3, 30], ()) == [[3, 30]]

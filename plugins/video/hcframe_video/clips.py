@@ -9,7 +9,10 @@ the clip; clamping keeps the motion and then holds still).
 
 ``mode="train"``: ``num_views`` views (set by the engine, from the tasks). Each view draws its own
 start uniformly from ``[0, num_frames - span]`` and its own ``crop_size`` square crop position,
-uniformly over the frame after resizing its short side to ``short_side``.
+uniformly over the frame after resizing its short side to ``short_side``. That square is cut from
+the decoded frame in source pixels (corner and side rounded to even numbers, see
+:func:`source_box`) and only then converted to RGB and resized to ``crop_size``, so the pixels
+outside the crop are never converted; the part maps use the same source box.
 
 ``mode="test"``: ``num_clips`` starts spaced uniformly from the first to the last possible start
 (one clip: the centre), times ``num_crops`` crops. For testing, frames are resized so that the
@@ -52,9 +55,9 @@ import torch
 
 from hcframe.data import BadVideo, VideoDataset, sample_generator, split_key
 
-from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_frames, resized_size
+from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_boxes, decode_frames, resized_size
 
-__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "clip_frame_indices"]
+__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "clip_frame_indices", "source_box"]
 
 MODES = ("train", "test")
 ON_BAD = ("skip", "raise")
@@ -103,21 +106,57 @@ def area_resample_box(maps: torch.Tensor, box: tuple[float, float, float, float]
 
 
 class ClipPlan:
-    """The frames and crop of one view: ``frame_indices`` (``clip_len`` ints), the size frames are
-    resized to before cropping (``resize = (width, height)``), and the crop's top-left corner
-    ``(x, y)`` in resized pixels (a ``crop_size`` square)."""
+    """The frames and crop of one view.
 
-    __slots__ = ("frame_indices", "resize", "x", "y")
+    ``frame_indices``: ``clip_len`` frame numbers. ``resize = (width, height)``: the frame size
+    after resizing, and ``(x, y)``: the top-left corner of the ``crop_size`` square crop in those
+    resized pixels. ``source_box = (x, y, w, h)`` (train mode): the same crop in source pixels,
+    rounded to even numbers; it is what is actually cut (before resizing, so only kept pixels are
+    converted) and what the part maps are cut with. ``source_size``: the video's ``(width, height)``.
+    """
 
-    def __init__(self, frame_indices: list[int], resize: tuple[int, int], x: int, y: int) -> None:
+    __slots__ = ("frame_indices", "resize", "x", "y", "source_box", "source_size")
+
+    def __init__(
+        self,
+        frame_indices: list[int],
+        resize: tuple[int, int],
+        x: int,
+        y: int,
+        source_box: tuple[int, int, int, int] | None = None,
+        source_size: tuple[int, int] | None = None,
+    ) -> None:
         self.frame_indices = frame_indices
         self.resize = resize
         self.x = x
         self.y = y
+        self.source_box = source_box
+        self.source_size = source_size
 
     def normalised_box(self, crop_size: int) -> tuple[float, float, float, float]:
+        """The crop as fractions of the frame's width and height: ``(x0, y0, x1, y1)``."""
+        if self.source_box is not None and self.source_size is not None:
+            (x, y, w, h), (sw, sh) = self.source_box, self.source_size
+            return (x / sw, y / sh, (x + w) / sw, (y + h) / sh)
         w, h = self.resize
         return (self.x / w, self.y / h, (self.x + crop_size) / w, (self.y + crop_size) / h)
+
+
+def _even(value: float) -> int:
+    return 2 * int(round(value / 2))
+
+
+def source_box(x: int, y: int, crop_size: int, resize: tuple[int, int], source: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The ``crop_size`` square at ``(x, y)`` of a frame resized to ``resize``, in the source
+    frame's pixels, with even corner and sides (4:2:0 chroma), kept inside the frame."""
+    sw, sh = source
+    scale = min(sw, sh) / min(resize)  # one scale for both axes: the box stays square
+    max_w, max_h = sw - sw % 2, sh - sh % 2
+    side = max(2, _even(crop_size * scale))
+    w, h = min(side, max_w), min(side, max_h)
+    bx = min(max(0, _even(x * scale)), max_w - w)
+    by = min(max(0, _even(y * scale)), max_h - h)
+    return bx, by, w, h
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -242,7 +281,9 @@ class VideoClipDataset(VideoDataset):
                 start = int(torch.randint(0, max_start + 1, (1,), generator=generator))
                 x = int(torch.randint(0, resize[0] - c + 1, (1,), generator=generator))
                 y = int(torch.randint(0, resize[1] - c + 1, (1,), generator=generator))
-                plans.append(ClipPlan(clip_frame_indices(start, self.clip_len, self.stride, info.num_frames), resize, x, y))
+                box = source_box(x, y, c, resize, (info.width, info.height))
+                indices = clip_frame_indices(start, self.clip_len, self.stride, info.num_frames)
+                plans.append(ClipPlan(indices, resize, x, y, box, (info.width, info.height)))
             return plans
         resize = resized_size(info.width, info.height, c)
         landscape = resize[0] >= resize[1]
@@ -259,6 +300,13 @@ class VideoClipDataset(VideoDataset):
         """RGB frames ``[len(unique), H, W, 3]`` at ``size = (W, H)`` for the sorted unique
         ``frame_indices``, and that list; raises :class:`~hcframe_video.decode.DecodeError`."""
         return decode_frames(self.video_path(index), frame_indices, size=size, info=self.video_info(index))
+
+    def read_boxes(self, index: int, plans: Sequence[ClipPlan]) -> np.ndarray:
+        """uint8 ``[V, T, crop, crop, 3]``: each plan's frames cut to its ``source_box`` and
+        resized to ``crop_size``, all from one pass over the file."""
+        c = self.crop_size
+        views = [(p.frame_indices, p.source_box) for p in plans]
+        return decode_boxes(self.video_path(index), views, (c, c), info=self.video_info(index))
 
     # --- building a sample ----------------------------------------------------------------------
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | BadVideo:
@@ -278,18 +326,19 @@ class VideoClipDataset(VideoDataset):
     def _sample(self, index: int, epoch: int) -> dict[str, Any]:
         info = self.video_info(index)
         plans = self.plan_views(info, sample_generator(self.seed, epoch, index))
-        size = plans[0].resize  # every view of a sample shares the resize
-        wanted = sorted({i for p in plans for i in p.frame_indices})
-        frames, unique = self.read_frames(index, wanted, size)
-        lookup = np.asarray(unique)
+        unique = sorted({i for p in plans for i in p.frame_indices})
         c = self.crop_size
-        views = np.empty((len(plans), 3, self.clip_len, c, c), dtype=np.uint8)
-        for v, plan in enumerate(plans):
-            rows = np.searchsorted(lookup, plan.frame_indices)
-            crop = frames[rows, plan.y : plan.y + c, plan.x : plan.x + c]  # [T, c, c, 3]
-            views[v] = crop.transpose(3, 0, 1, 2)
+        if all(p.source_box is not None for p in plans):
+            views = self.read_boxes(index, plans).transpose(0, 4, 1, 2, 3)  # [V, 3, T, c, c]
+        else:
+            frames, unique = self.read_frames(index, unique, plans[0].resize)  # views share the resize
+            lookup = np.asarray(unique)
+            views = np.empty((len(plans), 3, self.clip_len, c, c), dtype=np.uint8)
+            for v, plan in enumerate(plans):
+                rows = np.searchsorted(lookup, plan.frame_indices)
+                views[v] = frames[rows, plan.y : plan.y + c, plan.x : plan.x + c].transpose(3, 0, 1, 2)
         sample: dict[str, Any] = {
-            "views": torch.from_numpy(views),
+            "views": torch.from_numpy(np.ascontiguousarray(views)),
             "frame_indices": torch.tensor([p.frame_indices for p in plans], dtype=torch.int64),
             "label": torch.tensor(self._labels[index], dtype=torch.int64),
             "index": torch.tensor(index, dtype=torch.int64),

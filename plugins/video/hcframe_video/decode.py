@@ -23,6 +23,7 @@ Threads
 
 from __future__ import annotations
 
+import bisect
 import threading
 from fractions import Fraction
 from typing import Iterable, Sequence
@@ -30,14 +31,18 @@ from typing import Iterable, Sequence
 import attrs
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 __all__ = [
     "DecodeError",
     "FrameCountCache",
     "VIDEO_EXTENSIONS",
     "VideoInfo",
+    "crop_frame",
+    "decode_boxes",
     "decode_frames",
-    "decode_span_without_conversion",
+    "decode_spans_without_conversion",
+    "plan_segments",
     "one_line_error",
     "open_video",
     "video_stream",
@@ -65,6 +70,8 @@ class VideoInfo:
     width: int
     height: int
     frames_counted: bool  # True when the container did not state a frame count and we demuxed to count
+    demuxed_frames: int = 0  # packets found by demuxing (less than num_frames: a truncated file)
+    keyframes: tuple[int, ...] = ()  # frame numbers of the keyframes, sorted (empty: unknown)
 
 
 def _frame_of_pts(pts: int, info: VideoInfo) -> int:
@@ -98,8 +105,9 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
 
 
 def probe_video(path: str) -> VideoInfo:
-    """Read a video's frame count, rate and size. Counts frames by demuxing (no decoding) when the
-    container does not state them (e.g. Matroska/WebM). Raises :class:`DecodeError`."""
+    """Read a video's frame count, rate, size and keyframe positions. Demuxes the stream once
+    (reading packets, no decoding) to find the keyframes, and to count the frames when the
+    container does not state their number (e.g. Matroska/WebM). Raises :class:`DecodeError`."""
     with open_video(path) as container:
         stream = video_stream(container)
         try:
@@ -109,37 +117,43 @@ def probe_video(path: str) -> VideoInfo:
             time_base = stream.time_base
             if time_base is None:
                 raise DecodeError("the video stream has no time base")
-            first_pts = stream.start_time if stream.start_time is not None else 0
-            num_frames = int(stream.frames or 0)
-            counted = False
-            if num_frames <= 0:
-                counted = True
-                num_frames = 0
-                lowest = None
-                for packet in container.demux(stream):
-                    if packet.size == 0:  # the flush packet at the end
-                        continue
-                    num_frames += 1
-                    if packet.pts is not None and (lowest is None or packet.pts < lowest):
-                        lowest = packet.pts
-                if lowest is not None and stream.start_time is None:
-                    first_pts = lowest
+            stated = int(stream.frames or 0)
             width, height = stream.codec_context.width, stream.codec_context.height
+            demuxed = 0
+            stamps, key_stamps = [], []
+            for packet in container.demux(stream):
+                if packet.size == 0:  # the flush packet at the end
+                    continue
+                demuxed += 1
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is not None:
+                    stamps.append(stamp)
+                    if packet.is_keyframe:
+                        key_stamps.append(stamp)
         except av.FFmpegError as exc:
             raise DecodeError(f"cannot read the stream: {one_line_error(exc)}") from exc
+    if stream.start_time is not None:
+        first_pts = int(stream.start_time)
+    else:
+        first_pts = min(stamps) if stamps else 0
+    num_frames = stated if stated > 0 else demuxed
     if num_frames <= 0:
         raise DecodeError("the video stream has no frames")
     if width <= 0 or height <= 0:
         raise DecodeError(f"the video stream has an invalid size {width}x{height}")
-    return VideoInfo(
+    info = VideoInfo(
         num_frames=num_frames,
         average_rate=Fraction(rate),
         time_base=Fraction(time_base),
-        first_pts=int(first_pts),
+        first_pts=first_pts,
         width=width,
         height=height,
-        frames_counted=counted,
+        frames_counted=stated <= 0,
+        demuxed_frames=demuxed,
+        keyframes=(),
     )
+    keyframes = tuple(sorted({_frame_of_pts(p, info) for p in key_stamps}))
+    return attrs.evolve(info, keyframes=keyframes)
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -190,6 +204,65 @@ def _check_wanted(wanted: Sequence[int], info: VideoInfo) -> list[int]:
     return unique
 
 
+def _wanted_frames(container, stream, info: VideoInfo, unique: list[int]) -> Iterable[tuple[list[int], av.VideoFrame]]:
+    """Decode the sorted frame numbers ``unique`` (seeking between segments, see
+    :func:`plan_segments`); yield ``(numbers, frame)``: the decoded frame shown for those wanted
+    numbers (usually one; frame numbers a variable-rate stream skips take the next frame shown).
+
+    If the stream ends less than :data:`END_TOLERANCE` frames before the stated frame count, the
+    remaining numbers get the last decoded frame (a container that over-states its count); an
+    earlier end raises :class:`DecodeError` (a truncated file), as does any decoder error.
+    """
+    last_decoded, last_frame, served = -1, None, 0
+    try:
+        for segment in plan_segments(unique, info.keyframes):
+            pos = 0
+            for index, frame in _iterate_from(container, stream, info, segment[0]):
+                last_decoded, last_frame = index, frame
+                if segment[pos] <= index:
+                    numbers = []
+                    while pos < len(segment) and segment[pos] <= index:
+                        numbers.append(segment[pos])
+                        pos += 1
+                    served += len(numbers)
+                    yield numbers, frame
+                if pos == len(segment):
+                    break
+            if pos < len(segment):
+                break  # the stream ended early
+    except av.FFmpegError as exc:
+        raise DecodeError(f"decoding failed near frame {last_decoded + 1}: {one_line_error(exc)}") from exc
+    if served < len(unique):
+        if last_frame is not None and last_decoded >= info.num_frames - 1 - END_TOLERANCE:
+            yield unique[served:], last_frame
+        else:
+            raise DecodeError(
+                f"truncated: the stream ended after frame {last_decoded} but frame {unique[served]} was needed "
+                f"(the container states {info.num_frames} frames)"
+            )
+
+
+#: Scaling filter: libswscale's bilinear widens its support when shrinking (no aliasing) and
+#: costs little more than "fast_bilinear".
+INTERPOLATION = "BILINEAR"
+
+#: Pixel formats whose planes :func:`crop_frame` can cut (4:2:0: chroma at half resolution).
+CROPPABLE = ("yuv420p", "yuvj420p")
+
+
+def crop_frame(frame: av.VideoFrame, box: tuple[int, int, int, int]) -> av.VideoFrame:
+    """A new frame holding the ``(x, y, width, height)`` box of a 4:2:0 ``frame``; ``x``, ``y``,
+    ``width`` and ``height`` must be even so the chroma planes are cut at the same place."""
+    x, y, w, h = box
+    out = av.VideoFrame(w, h, frame.format.name)
+    for k, sub in enumerate((1, 2, 2)):
+        src_plane, dst_plane = frame.planes[k], out.planes[k]
+        src = np.frombuffer(src_plane, np.uint8).reshape(-1, src_plane.line_size)
+        dst = np.frombuffer(dst_plane, np.uint8).reshape(-1, dst_plane.line_size)
+        dst[: h // sub, : w // sub] = src[y // sub : (y + h) // sub, x // sub : (x + w) // sub]
+    return out
+
+
 def decode_frames(
     path: str,
     indices: Sequence[int],
@@ -200,59 +273,104 @@ def decode_frames(
 
     Returns ``(frames, unique)``: ``frames`` uint8 ``[len(unique), H, W, 3]`` RGB for the sorted
     unique indices ``unique``, resized to ``size = (width, height)`` (``None``: native size). Use
-    ``np.searchsorted(unique, indices)`` to pick views out of it.
-
-    If the stream ends less than :data:`END_TOLERANCE` frames before the stated frame count, the
-    missing tail frames repeat the last decoded frame (a container that over-states its count);
-    an earlier end raises :class:`DecodeError` (a truncated file), as does any decoder error.
+    ``np.searchsorted(unique, indices)`` to pick views out of it. Errors and short streams: see
+    :func:`_wanted_frames`.
     """
     info = info or probe_video(path)
     unique = _check_wanted(indices, info)
-    wanted = set(unique)
     width, height = size if size is not None else (info.width, info.height)
     frames = np.empty((len(unique), height, width, 3), dtype=np.uint8)
     slot = {index: k for k, index in enumerate(unique)}
-    filled = 0
-    last_decoded = -1
+    reformatter = VideoReformatter()  # keeps its scaling context between frames
     with open_video(path) as container:
         stream = video_stream(container)
-        try:
-            for index, frame in _iterate_from(container, stream, info, unique[0]):
-                last_decoded = max(last_decoded, index)
-                if index in wanted:
-                    rgb = frame.reformat(width=width, height=height, format="rgb24", threads=1)
-                    frames[slot[index]] = rgb.to_ndarray()
-                    wanted.discard(index)
-                    filled += 1
-                if index >= unique[-1] or not wanted:
-                    break
-        except av.FFmpegError as exc:
-            raise DecodeError(f"decoding failed near frame {last_decoded + 1}: {one_line_error(exc)}") from exc
-    if wanted:
-        missing = sorted(wanted)
-        if filled and last_decoded >= info.num_frames - 1 - END_TOLERANCE and missing[0] > last_decoded:
-            source = slot[max(i for i in unique if i not in wanted)]
-            for index in missing:
-                frames[slot[index]] = frames[source]
-        else:
-            raise DecodeError(
-                f"truncated: the stream ended after frame {last_decoded} but frame {missing[0]} was needed "
-                f"(the container states {info.num_frames} frames)"
-            )
+        for numbers, frame in _wanted_frames(container, stream, info, unique):
+            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1).to_ndarray()
+            for index in numbers:
+                frames[slot[index]] = rgb
     return frames, unique
 
 
-def decode_span_without_conversion(path: str, first: int, last: int, info: VideoInfo) -> int:
-    """Decode frames ``first..last`` as a clip read would (seek to the keyframe before ``first``,
-    stop at ``last``) without colour conversion; returns the number of frames decoded. This is the
-    decode limit the benchmark compares the full pipeline with."""
+def decode_boxes(
+    path: str,
+    views: Sequence[tuple[Sequence[int], tuple[int, int, int, int]]],
+    size: tuple[int, int],
+    info: VideoInfo | None = None,
+) -> np.ndarray:
+    """Decode crops: ``views`` is a list of ``(frame_indices, box)`` with ``box = (x, y, w, h)`` in
+    source pixels (even numbers); returns uint8 ``[V, T, size[1], size[0], 3]`` RGB, each view's
+    frames cut to its box and resized to ``size = (width, height)``. The union of all views' frames
+    is decoded once. Cutting before converting means only the kept pixels are converted and
+    scaled. Frames in a pixel format other than 4:2:0 are converted whole and then cut (same
+    result up to rounding)."""
+    info = info or probe_video(path)
+    unique = _check_wanted([i for indices, _ in views for i in indices], info)
+    width, height = size
+    t_max = max(len(indices) for indices, _ in views)
+    out = np.empty((len(views), t_max, height, width, 3), dtype=np.uint8)
+    requests: dict[int, list[tuple[int, int]]] = {}
+    for v, (indices, _) in enumerate(views):
+        for t, index in enumerate(indices):
+            requests.setdefault(int(index), []).append((v, t))
+    reformatter = VideoReformatter()
+    with open_video(path) as container:
+        stream = video_stream(container)
+        for numbers, frame in _wanted_frames(container, stream, info, unique):
+            converted: dict[tuple[int, int, int, int], np.ndarray] = {}
+            for index in numbers:
+                for v, t in requests[index]:
+                    box = tuple(views[v][1])
+                    if box not in converted:
+                        converted[box] = _convert_box(reformatter, frame, box, width, height)
+                    out[v, t] = converted[box]
+    return out
+
+
+def _convert_box(reformatter: VideoReformatter, frame: av.VideoFrame, box: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    x, y, w, h = box
+    if frame.format.name in CROPPABLE and x % 2 == y % 2 == w % 2 == h % 2 == 0:
+        part = crop_frame(frame, box)
+        return reformatter.reformat(part, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1).to_ndarray()
+    # Other layouts: convert at a size where the box becomes width x height, then cut.
+    full_w = int(round(frame.width * width / w))
+    full_h = int(round(frame.height * height / h))
+    rgb = reformatter.reformat(frame, width=full_w, height=full_h, format="rgb24", interpolation=INTERPOLATION, threads=1).to_ndarray()
+    x0, y0 = int(round(x * width / w)), int(round(y * height / h))
+    x0, y0 = min(x0, full_w - width), min(y0, full_h - height)
+    return rgb[y0 : y0 + height, x0 : x0 + width]
+
+
+#: The fewest decoded frames a seek must save to be worth it (see :func:`plan_segments`).
+SEEK_MIN_SKIP = 4
+
+
+def plan_segments(unique: Sequence[int], keyframes: Sequence[int]) -> list[list[int]]:
+    """Split sorted frame numbers into runs decoded without seeking: a new run starts where the
+    keyframe before the next wanted frame lies far enough beyond the previous wanted frame that
+    seeking there skips at least :data:`SEEK_MIN_SKIP` frames continuing would decode (a seek
+    flushes the decoder, so skipping one or two frames is not worth it). Unknown keyframes: one run."""
+    segments = [[unique[0]]]
+    for previous, current in zip(unique, unique[1:]):
+        k = bisect.bisect_right(keyframes, current) - 1
+        if k >= 0 and keyframes[k] - previous - 1 >= SEEK_MIN_SKIP:
+            segments.append([current])
+        else:
+            segments[-1].append(current)
+    return segments
+
+
+def decode_spans_without_conversion(path: str, spans: Sequence[tuple[int, int]], info: VideoInfo) -> int:
+    """The benchmark's decode limit: open the file once and, for each ``(first, last)`` span,
+    seek to the keyframe at or before ``first`` and decode up to ``last``, without colour
+    conversion. Returns the number of frames decoded."""
     decoded = 0
     with open_video(path) as container:
         stream = video_stream(container)
-        for index, _frame in _iterate_from(container, stream, info, first):
-            decoded += 1
-            if index >= last:
-                break
+        for first, last in spans:
+            for index, _frame in _iterate_from(container, stream, info, first):
+                decoded += 1
+                if index >= last:
+                    break
     return decoded
 
 
