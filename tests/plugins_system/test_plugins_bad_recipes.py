@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TOY_RECIPE, run_hcframe
+from conftest import TOY_RECIPE
 
 
 def _expect_one_error_line(stderr: str, expected_start: str) -> str:
@@ -71,10 +71,11 @@ def test_bad_recipe_is_one_error_line_and_exit_2(case, invoke, tmp_path):
     assert not run_dir.exists()
 
 
-def test_missing_recipe_file_through_the_console_script(tmp_path):
+def test_missing_recipe_file(invoke, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     missing = tmp_path / "nowhere.toml"
-    result = run_hcframe(["--plugin", "hcframe_testkit", "run", str(missing)], env={"HCFRAME_DISABLE_PLUGIN_AUTOLOAD": "1"}, cwd=tmp_path)
-    assert result.returncode == 2
+    result = invoke(["--plugin", "hcframe_testkit", "run", str(missing)], HCFRAME_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert result.exit_code == 2
     assert _expect_one_error_line(result.stderr, "error: ") == f"error: {missing}: recipe file not found"
     assert result.stdout == ""
     assert not (tmp_path / "runs").exists()

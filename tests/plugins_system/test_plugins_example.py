@@ -12,7 +12,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import SPEED_RECIPE, run_hcframe
+from conftest import SPEED_RECIPE
 
 
 def _require_example_installed() -> None:
@@ -22,10 +22,10 @@ def _require_example_installed() -> None:
         pytest.fail("the example plugin is not installed: pip install -e examples/speed_plugin")
 
 
-def test_plugins_json_lists_backbones_and_example_with_providers():
+def test_plugins_json_lists_backbones_and_example_with_providers(invoke):
     _require_example_installed()
-    result = run_hcframe(["plugins", "--json"])
-    assert result.returncode == 0, result.stderr
+    result = invoke(["plugins", "--json"])
+    assert result.exit_code == 0, result.output
     assert "Traceback" not in result.stderr
     records = json.loads(result.stdout)
     providers = {(r["kind"], r["name"]): r["provider"] for r in records}

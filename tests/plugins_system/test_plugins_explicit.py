@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import tomllib
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 import hcframe
-from conftest import EXAMPLES, TOY_RECIPE, run_hcframe
+from conftest import EXAMPLES, TOY_RECIPE
 
 SUBCLASS_RECIPE = TOY_RECIPE.replace('name = "supervised"', 'name = "supervised_mlp"\nhidden = 16')
 
@@ -25,16 +26,16 @@ def research_subclass(monkeypatch):
     sys.modules.pop("research_subclass", None)
 
 
-def test_cli_plugin_option_registers_the_subclassed_task_and_runs(tmp_path):
+def test_cli_plugin_option_registers_the_subclassed_task_and_runs(invoke, research_subclass, tmp_path):
     recipe = tmp_path / "sub.toml"
     recipe.write_text(SUBCLASS_RECIPE)
     run_dir = tmp_path / "run"
-    result = run_hcframe(
+    result = invoke(
         ["--plugin", "research_subclass:plugin", "--plugin", "hcframe_testkit", "run", str(recipe), "--output", str(run_dir)],
-        pythonpath=(EXAMPLES,),
-        env={"HCFRAME_DISABLE_PLUGIN_AUTOLOAD": "1"},  # only the core, the test kit and the script
+        HCFRAME_DISABLE_PLUGIN_AUTOLOAD="1",  # only the core, the test kit and the script
     )
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
+    assert os.environ["HCFRAME_PLUGINS"] == "research_subclass:plugin,hcframe_testkit"  # for child processes
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["final_metrics"]["sup/ce"] > 0
