@@ -65,7 +65,7 @@ def test_run_writes_eval_results_and_table(trained_run):
     retrieval = summary["eval"]["retrieval/moving_squares/sup"]
     assert probe["num_train"] == 24 and probe["num_test"] == 12 and probe["test_views"] == 1
     assert 0.0 <= probe["top1"] <= probe["top5"] <= 1.0
-    assert set(retrieval) == {"R@1", "R@5", "R@10", "R@20", "num_train", "num_test"}  # R@50 > 24 videos
+    assert set(retrieval) == {"R@1", "R@5", "R@10", "R@20", "num_train", "num_test", "test_views"}  # R@50 > 24 videos
     assert "linear_probe/moving_squares/concat" in result.stdout and "R@20" in result.stdout
     # The retrieval numbers equal a float64 brute-force recomputation from the cached features.
     caches = [torch.load(p, weights_only=True) for p in sorted((run_dir / "features").glob("*.pt"))]

@@ -45,6 +45,9 @@ def test_bad_values_and_missing_tables():
     assert "eval[0].ks" in error_of({"protocol": "retrieval", "train_data": TRAIN_DATA, "test_data": TEST_DATA, "ks": [0, 5]})
     assert "eval[0].optimizer" in error_of({"protocol": "finetune", "train_data": TRAIN_DATA, "test_data": TEST_DATA, "optimizer": "adam"})
     assert "eval[0].protocol: missing" in error_of({"train_data": TRAIN_DATA})
+    assert "eval[0].transform.name" in error_of(probe(transform={"name": "normalise"}))
+    assert "eval[0].splits: expected a non-empty list" in error_of(probe(splits=[1, 1]))
+    assert "eval[0].splits[0]: expected an integer" in error_of(probe(splits=["one"]))
 
 
 def test_splits_need_a_dataset_with_a_split_argument():

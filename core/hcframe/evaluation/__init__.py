@@ -1,8 +1,22 @@
 """Evaluation protocols: linear probe, multi-view testing, retrieval and fine-tuning.
 
-A recipe's ``[[eval]]`` tables (validated by :mod:`hcframe.evaluation.spec`) run after
-pre-training (``hcframe run``) or alone on a checkpoint (``hcframe eval RECIPE --checkpoint P``).
-See :func:`run_evaluations` for the results' layout.
+A recipe's ``[[eval]]`` tables (validated by :mod:`hcframe.evaluation.spec`, where every key is
+documented) run after pre-training (``hcframe run``, results in ``summary.json["eval"]``) or alone
+on a checkpoint (``hcframe eval RECIPE --checkpoint P``, results in ``<run dir>/eval.json``)::
+
+    [[eval]]
+    protocol = "linear_probe"          # or "multiview", "retrieval", "finetune"
+    branch = "concat"                  # a task's branch, or all branches concatenated
+    train_data = { name = "ucf101", root = "data/ucf101", subset = "train", mode = "test", num_clips = 1, num_crops = 1 }
+    test_data = { name = "ucf101", root = "data/ucf101", subset = "test", mode = "test", num_clips = 10, num_crops = 3 }
+    splits = [1, 2, 3]                 # each split, then their mean
+
+Results: ``{"linear_probe/ucf101/concat/split1": {"top1": 0.61, "top5": 0.85, ...}, ...,
+"linear_probe/ucf101/concat/mean": {...}}``; accuracies and recalls are fractions in [0, 1]
+(:func:`eval_table` shows them in %). Frozen-encoder features are cached under
+``<run dir>/features/`` keyed by the encoder weights, branch, dataset and transform
+(:mod:`hcframe.evaluation.features`), so the linear probe, multi-view test and retrieval of the
+same data extract them once, and evaluating a checkpoint again reuses them.
 """
 
 from hcframe.evaluation.features import FeatureSet, encoder_fingerprint, extract_features, load_or_extract_features

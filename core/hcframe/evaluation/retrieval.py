@@ -24,4 +24,4 @@ def retrieval_metrics(train: FeatureSet, test: FeatureSet, ks: list[int], log: C
     if not kept:
         raise ValueError(f"retrieval: every k in {ks} exceeds the {gallery} training videos")
     recalls = recall_at_k(test.video_features(), test.labels, train.video_features(), train.labels, kept)
-    return {**{f"R@{k}": v for k, v in recalls.items()}, "num_train": gallery, "num_test": len(test.video_ids)}
+    return {**{f"R@{k}": v for k, v in recalls.items()}, "num_train": gallery, "num_test": len(test.video_ids), "test_views": test.num_views}

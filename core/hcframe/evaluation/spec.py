@@ -127,7 +127,9 @@ class FinetuneOptions:
     linear warm-up. Papers train for 100-200 epochs; set ``epochs`` accordingly.
 
     ``train_transform``: the batch transform for training clips, run with ``train=True``
-    (augmentation); default: the recipe's ``[transform]``. ``schedule = "step"`` divides the rate
+    (augmentation); default: the recipe's ``[transform]``, i.e. the pre-training augmentation,
+    which for contrastive recipes is stronger (colour jitter, blur) than the random crop + flip
+    fine-tuning papers use: give a lighter table here to match them. ``schedule = "step"`` divides the rate
     by ``1/gamma`` at each epoch in ``milestones``. Testing is multi-view on ``test_data``:
     ``clip_top1`` (each view alone) and ``top1`` / ``top5`` of the softmax scores averaged over each
     video's views.
