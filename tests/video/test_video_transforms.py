@@ -121,3 +121,26 @@ def test_validation_and_registration():
     with pytest.raises(ValueError, match="flip_prob"):
         VideoAugment(flip_prob=1.5)
     assert get_registry().get("transform", "video_augment").factory is VideoAugment
+
+
+def test_dataset_batch_through_the_transform(mixed_root):
+    from hcframe.data import collate
+    from hcframe_video.clips import VideoClipDataset
+
+    class HalfStore:
+        label_names = ("a", "b")
+
+        def read(self, video_id, frame_indices):
+            return torch.full((2, len(frame_indices), 6, 8), 0.5)
+
+    ds = VideoClipDataset(["good/a.avi", "good/b.mp4", "bad/empty.mp4"], [0, 1, 0], ["a", "b"], str(mixed_root),
+                          clip_len=4, stride=2, short_side=24, crop_size=16, part_size=4)
+    ds.num_views, ds.target_store = 2, HalfStore()
+    batch = collate([ds[(i, 0)] for i in range(3)])
+    assert batch["views"].shape == (2, 2, 3, 4, 16, 16) and batch["parts"].shape == (2, 2, 2, 4, 4, 4)
+    assert len(batch["bad_videos"]) == 1
+    torch.manual_seed(0)
+    out = VideoAugment(crop_size=12, part_size=3)(batch)
+    assert [v.shape for v in out["views"]] == [(2, 3, 4, 12, 12)] * 2
+    assert [p.shape for p in out["parts"]] == [(2, 2, 4, 3, 3)] * 2
+    torch.testing.assert_close(out["parts"][0].sum(1), torch.ones(2, 4, 3, 3))
