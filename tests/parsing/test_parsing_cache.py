@@ -90,14 +90,14 @@ def test_changed_checkpoint_or_input_size_invalidates_the_cache(tmp_path, video_
     cache_teacher(teacher, dataset, tmp_path / "c", resolution=RES, progress=False)
 
     resized = _teacher(path, input_size=(32, 48))
-    with pytest.raises(PartMapError, match=r"stale.*input_size differ"):
+    with pytest.raises(PartMapError, match=r"stale.*teacher.input_size: \[16,24\] -> \[32,48\]"):
         open_teacher_cache(tmp_path / "c", resized)
     retrained = _teacher(tiny_parser_file(seed=1, name="retrained.pt"))
-    with pytest.raises(PartMapError, match=r"stale.*checkpoint_sha256 differ"):
+    with pytest.raises(PartMapError, match=r"stale.*teacher.checkpoint_sha256: "):
         open_teacher_cache(tmp_path / "c", retrained)
     with pytest.raises(PartMapError, match="cannot resume teacher cache"):
         cache_teacher(retrained, dataset, tmp_path / "c", resolution=RES, progress=False)
-    with pytest.raises(PartMapError, match="cannot resume teacher cache"):  # other resolution
+    with pytest.raises(PartMapError, match=r"cannot resume teacher cache .*resolution: \[12,16\] -> \[6,8\]\)"):
         cache_teacher(teacher, dataset, tmp_path / "c", resolution=(6, 8), progress=False)
 
 

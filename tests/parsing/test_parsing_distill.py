@@ -193,8 +193,8 @@ class FeatureTeacher(hcframe.Teacher):
     def identity(self):
         return {"architecture": "feature-test"}
 
-    def forward_with_features(self, frames, output_size=None):
-        f = self.features(frames)
+    def forward_with_features(self, frames, output_size=None, feature_size=None):
+        f = self.features(frames)  # full resolution whatever feature_size says: the task pools
         return self.classifier(f), f
 
     def forward(self, frames, output_size=None):

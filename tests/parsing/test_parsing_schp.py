@@ -49,10 +49,15 @@ def test_lip_checkpoint_loads_strictly_and_gives_documented_shapes(tmp_path):
     teacher.model.fushion.register_forward_hook(lambda m, i, o: seen.update(fusion=tuple(o.shape)))
     teacher.model.edge.register_forward_hook(lambda m, i, o: seen.update(edge=tuple(o[0].shape)))
     with torch.no_grad():
-        logits = teacher(torch.rand(1, 3, 300, 473))
+        logits, feats = teacher.forward_with_features(torch.rand(1, 3, 300, 473), feature_size=(5, 7))
     assert seen == {"fusion": (1, 20, 119, 119), "edge": (1, 2, 119, 119)}
-    assert logits.shape == (1, 20, 300, 473)
+    assert logits.shape == (1, 20, 300, 473) and feats.shape == (1, 512, 5, 7)
     assert torch.isfinite(logits).all()
+    # forward() takes the same path; run it at a small input size to keep the test cheap.
+    teacher.input_size = (64, 64)
+    with torch.no_grad():
+        small = teacher(torch.rand(2, 3, 30, 40), output_size=(6, 8))
+    assert small.shape == (2, 20, 6, 8) and torch.isfinite(small).all()
 
 
 @pytest.mark.parametrize("dataset", ["atr", "pascal"])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import hcframe
-from hcframe_parsing.frames import logits_to_frame_grid, place_frames
+from hcframe_parsing.frames import logits_to_frame_grid, place_frames, sample_frame_grid
 from hcframe_parsing.ground_truth import GroundTruthTeacher
 from hcframe_parsing.torchscript_teacher import TorchScriptTeacher
 from hcframe_video.partmaps import PartMapWriter, PartMapStore
@@ -110,3 +110,18 @@ def test_ground_truth_teacher_takes_the_dataset_store(tmp_path):
         teacher.store_for(object())
     with pytest.raises(RuntimeError, match="no online mode"):
         teacher(torch.rand(1, 3, 4, 4))
+
+
+def test_sample_frame_grid_is_exact_for_linear_maps():
+    # A map linear in input-pixel coordinates, on a corner-aligned coarse grid: bilinear sampling
+    # must return the linear function at the output cells' centres (in input pixels).
+    _, where = place_frames(torch.zeros(1, 3, 10, 20), (40, 40), "letterbox")  # frame at rows 10..29
+    gh, gw = 11, 9
+    yy = torch.arange(gh, dtype=torch.float64).view(gh, 1) * 39 / (gh - 1)
+    xx = torch.arange(gw, dtype=torch.float64).view(1, gw) * 39 / (gw - 1)
+    coarse = (0.5 * yy - 0.25 * xx).float().view(1, 1, gh, gw)
+    out = sample_frame_grid(coarse, where, (4, 5))
+    ys = 10 + (torch.arange(4, dtype=torch.float64) + 0.5) * 20 / 4 - 0.5
+    xs = 0 + (torch.arange(5, dtype=torch.float64) + 0.5) * 40 / 5 - 0.5
+    expected = 0.5 * ys.view(4, 1) - 0.25 * xs.view(1, 5)
+    assert torch.allclose(out[0, 0].double(), expected, atol=1e-4)

@@ -39,7 +39,7 @@ import hcframe
 from hcframe_video.decode import DecodeError, decode_frames, probe_video
 from hcframe_video.partmaps import KINDS, PartMapError, PartMapStore, PartMapWriter
 
-__all__ = ["CacheReport", "cache_identity", "cache_teacher", "open_teacher_cache", "run_teacher"]
+__all__ = ["CacheReport", "cache_identity", "cache_teacher", "identity_differences", "open_teacher_cache", "run_teacher"]
 
 
 def _canonical(obj: Any) -> str:
@@ -95,6 +95,21 @@ def cache_identity(
     }
 
 
+def identity_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``["teacher.input_size: [473, 473] -> [512, 512]", ...]``: where two identities differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += identity_differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    if _canonical(old) == _canonical(new):
+        return []
+    def short(v: Any) -> str:
+        text = _canonical(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+    return [f"{prefix.rstrip('.')}: {short(old)} -> {short(new)}"]
+
+
 def open_teacher_cache(path: str | Path, teacher: hcframe.Teacher) -> PartMapStore:
     """Open the cache at ``path`` for ``teacher``; refuse (``PartMapError``, one line) a cache
     that another teacher made, naming the identity fields that differ."""
@@ -102,12 +117,10 @@ def open_teacher_cache(path: str | Path, teacher: hcframe.Teacher) -> PartMapSto
     stored = store.identity.get("teacher") if isinstance(store.identity, dict) else None
     current = json.loads(_canonical(teacher.identity()))
     if stored is None or _canonical(stored) != _canonical(current):
-        stored = stored or {}
-        differ = sorted(k for k in set(stored) | set(current) if _canonical(stored.get(k)) != _canonical(current.get(k)))
+        differ = identity_differences(stored or {}, current, "teacher.")
         raise PartMapError(
-            f"teacher cache {path} is stale or not a teacher cache: it was made by a teacher whose "
-            f"{', '.join(differ) or 'identity'} differ from this one's; rebuild it with "
-            f"`hcframe cache-teacher` (into a new folder, or delete this one)"
+            f"teacher cache {path} is stale or not a teacher cache (cache -> this teacher: "
+            f"{'; '.join(differ[:4])}); rebuild it with `hcframe cache-teacher` into a new folder, or delete this one"
         )
     if tuple(store.label_names) != tuple(teacher.label_names):
         raise PartMapError(f"teacher cache {path}: labels {list(store.label_names)} != teacher labels {list(teacher.label_names)}")
@@ -170,10 +183,15 @@ def cache_teacher(
     teacher = teacher.freeze().to(dev)
     size = (int(resolution[0]), int(resolution[1]))
     identity = cache_identity(teacher, size, kind, k, every_k, precision)
-    try:
-        writer = PartMapWriter(out_dir, kind=kind, label_names=teacher.label_names, identity=identity, k=k, resolution=size)
-    except PartMapError as exc:
-        raise PartMapError(f"cannot resume teacher cache {out_dir}: it was built with other settings or another teacher ({exc})") from None
+    if (Path(out_dir) / "meta.json").is_file():
+        existing = PartMapStore(out_dir).identity
+        differ = identity_differences(existing, json.loads(_canonical(identity)))
+        if differ:
+            raise PartMapError(
+                f"cannot resume teacher cache {out_dir}: it was built with other settings or another teacher "
+                f"(cache -> now: {'; '.join(differ[:4])}); use a new folder or delete this one"
+            )
+    writer = PartMapWriter(out_dir, kind=kind, label_names=teacher.label_names, identity=identity, k=k, resolution=size)
 
     written: list[str] = []
     skipped: list[str] = []

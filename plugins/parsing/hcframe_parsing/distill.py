@@ -6,7 +6,7 @@ Time alignment
 Every frame of the clip is supervised. Targets are per-frame part probabilities ``[B, K, T, h, w]``
 (``batch["parts"][0]``: the maps of the task's view after the batch transform, or the teacher run
 online on the view's frames). They are area-averaged onto the head's output grid ``[t, h', w']``
-(``adaptive_avg_pool3d``): a feature cell that covers frames ``T/t`` frames and an ``h/h' x w/w'``
+(``adaptive_avg_pool3d``): a feature cell that covers ``T/t`` consecutive frames and an ``h/h' x w/w'``
 patch is supervised by the average part distribution over those frames and pixels. With a
 temporally strided trunk (``t < T``) a cell therefore predicts the mix of its frames; nothing is
 upsampled in time. Pixels without a target (all-zero maps: outside the image after a crop, or
@@ -201,9 +201,12 @@ class ParsingDistillation(hcframe.PretextTask):
         return None
 
     # --- targets ---------------------------------------------------------------------------------
-    def online_targets(self, batch: dict[str, Any], with_features: bool = False) -> tuple[Tensor, Tensor | None]:
+    def online_targets(
+        self, batch: dict[str, Any], with_features: bool = False, feature_size: tuple[int, int] | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Run the teacher on the view's frames: probabilities ``[B, K, T, H, W]`` (and features
-        ``[B, C, T, H, W]`` when asked)."""
+        ``[B, C, T, h, w]`` when asked; ``(h, w)`` = ``feature_size`` when the teacher samples its
+        features there, else whatever it returns)."""
         if self.is_ground_truth:
             raise RuntimeError(
                 "parsing_distill with teacher 'synthetic_ground_truth' found no 'parts' in the batch: "
@@ -218,20 +221,21 @@ class ParsingDistillation(hcframe.PretextTask):
         if next(iter(teacher.parameters()), torch.empty(0)).device != clips.device:
             teacher.to(clips.device)
         if with_features:
-            logits, feats = self._teacher_with_features(frames, (h, w))
-            feats = feats.reshape(b, t, -1, h, w).permute(0, 2, 1, 3, 4)
+            logits, feats = self._teacher_with_features(frames, (h, w), feature_size)
+            feats = feats.reshape(b, t, *feats.shape[1:]).permute(0, 2, 1, 3, 4)
         else:
             logits = run_teacher(teacher, frames, (h, w), batch_size=self.teacher_batch_size)
             feats = None
         probs = torch.softmax(logits.float(), dim=1).reshape(b, t, -1, h, w).permute(0, 2, 1, 3, 4)
         return probs, feats
 
-    def _teacher_with_features(self, frames: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    def _teacher_with_features(self, frames: Tensor, size: tuple[int, int], feature_size: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if frames.is_cuda else torch.autocast("cpu", enabled=False)
         logits, feats = [], []
         with torch.no_grad(), autocast:
             for start in range(0, frames.shape[0], self.teacher_batch_size):
-                lo, fe = self.teacher.forward_with_features(frames[start : start + self.teacher_batch_size], output_size=size)
+                chunk = frames[start : start + self.teacher_batch_size]
+                lo, fe = self.teacher.forward_with_features(chunk, output_size=size, feature_size=feature_size)
                 logits.append(lo.float())
                 feats.append(fe.float())
         return torch.cat(logits), torch.cat(feats)
@@ -249,7 +253,8 @@ class ParsingDistillation(hcframe.PretextTask):
         if parts is not None and not use_features:
             targets = parts[0]
         else:
-            targets, teacher_feats = self.online_targets(dict(inp.batch), with_features=use_features)
+            feature_size = (int(fmap.shape[-2]), int(fmap.shape[-1]))
+            targets, teacher_feats = self.online_targets(dict(inp.batch), with_features=use_features, feature_size=feature_size)
         dist, valid = align_targets(targets, grid)
         losses = {"distill": distill_loss(logits, dist, valid, self.loss_kind, self.temperature)}
         if use_features:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["FramePlacement", "place_frames", "logits_to_frame_grid", "normalise", "RESIZE_MODES"]
+__all__ = ["FramePlacement", "place_frames", "logits_to_frame_grid", "normalise", "sample_frame_grid", "RESIZE_MODES"]
 
 RESIZE_MODES = ("letterbox", "resize")
 
@@ -81,3 +81,22 @@ def logits_to_frame_grid(logits: Tensor, placement: FramePlacement, output_size:
     if crop.shape[-2:] != (out_h, out_w):
         crop = F.interpolate(crop, size=(out_h, out_w), mode="bilinear", align_corners=False)
     return crop
+
+
+def sample_frame_grid(coarse: Tensor, placement: FramePlacement, output_size: Sequence[int]) -> Tensor:
+    """Sample a coarse map ``[N, C, gh, gw]`` (covering the whole input, corner-aligned as with
+    ``align_corners=True``) at the centres of an ``output_size`` grid laid over the frame.
+
+    Cheap for wide feature maps (``output_size`` points per channel, no input-size intermediate):
+    what feature distillation uses. Bilinear point samples, not area averages.
+    """
+    in_h, in_w = placement.input_size
+    out_h, out_w = int(output_size[0]), int(output_size[1])
+    dev, dt = coarse.device, coarse.dtype
+    ys = placement.top + (torch.arange(out_h, device=dev, dtype=torch.float32) + 0.5) * placement.height / out_h - 0.5
+    xs = placement.left + (torch.arange(out_w, device=dev, dtype=torch.float32) + 0.5) * placement.width / out_w - 0.5
+    ny = 2.0 * ys / max(in_h - 1, 1) - 1.0
+    nx = 2.0 * xs / max(in_w - 1, 1) - 1.0
+    grid = torch.stack(torch.meshgrid(nx, ny, indexing="xy"), dim=-1)  # [out_h, out_w, 2] as (x, y)
+    grid = grid.to(dt).unsqueeze(0).expand(coarse.shape[0], -1, -1, -1)
+    return F.grid_sample(coarse, grid, mode="bilinear", padding_mode="border", align_corners=True)

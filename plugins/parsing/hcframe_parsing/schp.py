@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import hcframe
-from hcframe_parsing.frames import RESIZE_MODES, logits_to_frame_grid, normalise, place_frames
+from hcframe_parsing.frames import RESIZE_MODES, logits_to_frame_grid, normalise, place_frames, sample_frame_grid
 
 __all__ = [
     "ABNStandIn",
@@ -397,7 +397,7 @@ class SCHPTeacher(hcframe.Teacher):
     flipped to BGR and normalised with SCHP's BGR mean/std; the fusion logits (stride 4) are
     upsampled to the input size, the padding removed, and returned at ``output_size`` (default: the
     frame size). :meth:`forward_with_features` also returns the 512-channel PSP context features on
-    the same output grid, for feature-level distillation. Use :meth:`from_state_dict` to build one
+    a grid of ``feature_size`` over the frame, for feature-level distillation. Use :meth:`from_state_dict` to build one
     from an in-memory state dict (tests, converted weights).
     """
 
@@ -467,8 +467,12 @@ class SCHPTeacher(hcframe.Teacher):
         logits = self.model.parse(x)["fusion"]
         return logits_to_frame_grid(logits, placement, output_size or frames.shape[-2:])
 
-    def forward_with_features(self, frames: Tensor, output_size: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+    def forward_with_features(
+        self, frames: Tensor, output_size: Sequence[int] | None = None, feature_size: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Logits as :meth:`forward`, and the PSP context features ``[N, 512, *feature_size]``
+        (default ``output_size``) sampled over the frame (see :func:`~hcframe_parsing.frames.sample_frame_grid`)."""
         x, placement = self._prepare(frames)
         out = self.model.parse(x)
         size = output_size or frames.shape[-2:]
-        return logits_to_frame_grid(out["fusion"], placement, size), logits_to_frame_grid(out["context"], placement, size)
+        return logits_to_frame_grid(out["fusion"], placement, size), sample_frame_grid(out["context"], placement, feature_size or size)
