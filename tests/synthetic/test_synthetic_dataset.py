@@ -20,10 +20,11 @@ from hcframe_video.synthetic.generate import WorldSpec, read_world_spec
 from hcframe_video.synthetic.plugin import make_synthetic_command, show_command
 from hcframe_video.synthetic.world import ACTION_NAMES, WorldConfig
 
-from conftest import TINY_SPEC
 
-TINY_ARGS = dict(num_train=TINY_SPEC.num_train, num_test=TINY_SPEC.num_test, world_seed=TINY_SPEC.seed,
-                 num_frames=TINY_SPEC.config.num_frames, workers=1)  # fmt: skip
+def _args(spec: WorldSpec) -> dict:
+    """The dataset's world arguments for ``spec`` (the tiny world's)."""
+    return dict(num_train=spec.num_train, num_test=spec.num_test, world_seed=spec.seed,
+                num_frames=spec.config.num_frames, workers=1)  # fmt: skip
 
 
 def test_registered_as_a_dataset():
@@ -33,8 +34,8 @@ def test_registered_as_a_dataset():
 
 def test_subsets_have_the_right_counts_labels_and_disjoint_videos(tiny_world):
     root, spec = tiny_world
-    train = SyntheticHumans(root=str(root), subset="train", **TINY_ARGS)
-    test = SyntheticHumans(root=str(root), subset="test", **TINY_ARGS)
+    train = SyntheticHumans(root=str(root), subset="train", **_args(spec))
+    test = SyntheticHumans(root=str(root), subset="test", **_args(spec))
     assert len(train) == 24 and len(test) == 12
     assert train.class_names == test.class_names == ACTION_NAMES and train.num_classes == 12
     assert train.labels() == [i % 12 for i in range(24)]
@@ -49,7 +50,7 @@ def test_subsets_have_the_right_counts_labels_and_disjoint_videos(tiny_world):
 
 def test_samples_carry_clips_and_aligned_ground_truth_parts(tiny_world):
     root, spec = tiny_world
-    data = SyntheticHumans(root=str(root), subset="train", **TINY_ARGS)
+    data = SyntheticHumans(root=str(root), subset="train", **_args(spec))
     data.num_views = 2
     data.target_store = data.ground_truth_parts()
     batch = collate([data[(i, 0)] for i in range(3)])
@@ -72,7 +73,7 @@ def test_samples_carry_clips_and_aligned_ground_truth_parts(tiny_world):
 
 def test_ground_truth_store_is_checked_against_the_world(tiny_world):
     root, spec = tiny_world
-    data = SyntheticHumans(root=str(root), subset="test", **TINY_ARGS)
+    data = SyntheticHumans(root=str(root), subset="test", **_args(spec))
     store = data.ground_truth_parts()
     assert isinstance(store, PartMapStore) and store.kind == "labels" and store.resolution == (32, 32)
     assert store.identity["producer"] == "synthetic ground truth"
@@ -82,11 +83,11 @@ def test_ground_truth_store_is_checked_against_the_world(tiny_world):
 
 
 def test_other_world_arguments_on_an_existing_root_fail(tiny_world):
-    root, _ = tiny_world
+    root, spec = tiny_world
     with pytest.raises(ValueError, match="num_train: stored 24, requested 30"):
-        SyntheticHumans(root=str(root), **{**TINY_ARGS, "num_train": 30})
+        SyntheticHumans(root=str(root), **{**_args(spec), "num_train": 30})
     with pytest.raises(ValueError, match="subset"):
-        SyntheticHumans(root=str(root), subset="val", **TINY_ARGS)
+        SyntheticHumans(root=str(root), subset="val", **_args(spec))
 
 
 def _build_in_cache(cache: str) -> str:

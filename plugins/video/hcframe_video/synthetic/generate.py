@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: Bump when the generator's output changes for the same spec (changes every cache key).
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 WORLD_FILE = "world.json"
 WORLD_FORMAT = "hcframe-synthetic-world"
 PARTS_DIR = "parts"

@@ -3,7 +3,10 @@
 Everything is numpy and deterministic: video ``(split, index)`` of a world with seed ``seed`` is drawn
 from ``numpy.random.default_rng([seed, split code, index])`` and the shared background bank from
 ``default_rng([seed, BANK_STREAM])``, so any one video regenerates alone, bit-identically, without
-generating the others.
+generating the others. Bit-identical means: same numpy version (numpy does not promise that a
+``Generator``'s streams never change between releases; ``world.json`` records the versions used).
+Geometry is snapped to 1/1024 pixel before rasterising, so last-bit differences of sin/cos between
+CPUs do not move pixels.
 
 The figure
     A humanoid is 13 capsules (a line segment with a radius; a circle when both ends coincide) in
@@ -390,6 +393,13 @@ def humanoid_capsules(pose: Pose, view: str, facing: float) -> tuple[np.ndarray,
 
 
 # --- rasterisation ---------------------------------------------------------------------------------
+def _snap(values: np.ndarray) -> np.ndarray:
+    """Round geometry to 1/1024 pixel before rasterising. The poses use sin/cos, whose last bit may
+    differ between CPUs (numpy dispatches to different SIMD code); snapping absorbs that, so which
+    pixel a capsule covers does not depend on the machine. Snapped values are exact in float32."""
+    return np.round(np.asarray(values, dtype=np.float64) * 1024.0) / 1024.0
+
+
 def rasterise_capsules(segments: np.ndarray, radii: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Which capsule covers each pixel, inside each frame's bounding window.
 
@@ -581,18 +591,18 @@ def render_video(config: WorldConfig, seed: int, split: str, index: int, bank: n
     def draw_distractor(d: dict) -> None:
         centre = d["start"][None] + d["velocity"][None] * frame_no[:, None]
         centre += 1.5 * np.stack([np.sin(0.7 * frame_no + d["wobble"]), np.cos(0.5 * frame_no + d["wobble"])], -1)
-        centre = np.mod(centre + W, [W + 8, H + 8]) - 4  # wrap around, leaving/entering the view
+        centre = np.mod(centre + 4, [W + 8, H + 8]) - 4  # wrap around, leaving/entering the view
         angle = d["wobble"] + d["spin"] * frame_no
         half = 0.5 * d["length"] * np.stack([np.cos(angle), np.sin(angle)], -1)
         seg = np.stack([centre - half, centre + half], axis=1)[:, None] - camera[:, None, None]
-        origin, winner = rasterise_capsules(seg, np.array([d["radius"]]), H, W)
+        origin, winner = rasterise_capsules(_snap(seg), _snap(np.array([d["radius"]])), H, W)
         _paste(frames, labels if d["in_front"] else None, origin, winner, d["colour"][None],
                np.array([BACKGROUND], dtype=np.uint8))
 
     for d in distractors:
         if not d["in_front"]:
             draw_distractor(d)
-    origin, winner = rasterise_capsules(seg_px, radii_px, H, W)
+    origin, winner = rasterise_capsules(_snap(seg_px), _snap(radii_px), H, W)
     _paste(frames, labels, origin, winner, part_colours, part_labels)
     for d in distractors:
         if d["in_front"]:
