@@ -111,17 +111,20 @@ def _nice_step(span: float, max_ticks: int) -> float:
     return 10.0 * magnitude
 
 
-def nice_ticks(lo: float, hi: float, max_ticks: int = 6) -> tuple[list[float], float]:
+def nice_ticks(lo: float, hi: float, max_ticks: int = 6, integer: bool = False) -> tuple[list[float], float]:
     """Round tick values (steps of 1, 2, 2.5 or 5 times a power of ten) covering ``[lo, hi]``.
 
     Returns ``(ticks, step)``; the first tick is <= ``lo`` and the last >= ``hi``, so the ticks
-    also give the axis range. A zero-width range is widened around its value."""
+    also give the axis range. A zero-width range is widened around its value. ``integer``: whole
+    numbers only (steps of at least 1, never 2.5), for axes such as training steps."""
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
         raise ValueError(f"nice_ticks: need finite lo <= hi, got {lo}, {hi}")
     if hi == lo:
-        pad = abs(lo) * 0.1 or 1.0
+        pad = 1.0 if integer else abs(lo) * 0.1 or 1.0
         lo, hi = lo - pad, hi + pad
     step = _nice_step(hi - lo, max_ticks)
+    if integer:
+        step = max(1.0, step * 2 if step == 2.5 else step)
     first = math.floor(lo / step + 1e-9) * step
     last = math.ceil(hi / step - 1e-9) * step
     count = int(round((last - first) / step))
@@ -244,11 +247,13 @@ def line_chart(
     size: tuple[int, int] = (900, 520),
     line_width: int = 2,
     markers: bool | None = None,
+    integer_x: bool = False,
 ) -> Chart:
     """Draw ``series`` as lines on shared axes; see the module docstring for skipped points.
 
     ``markers``: dots at the data points (default: on each series of at most 60 points, so a
-    curve with a single point is still visible). Raises ``ValueError`` when there is nothing to
+    curve with a single point is still visible). ``integer_x``: whole-number x ticks (steps).
+    Raises ``ValueError`` when there is nothing to
     draw (no series, or no point with a finite x and a finite, and on a log axis positive, y)."""
     if not series:
         raise ValueError(f"line_chart {title!r}: no series given")
@@ -273,7 +278,7 @@ def line_chart(
 
     xs = [p[0] for p in every]
     ys = [p[1] for p in every]
-    x_ticks, x_step = nice_ticks(min(xs), max(xs), max_ticks=8)
+    x_ticks, x_step = nice_ticks(min(xs), max(xs), max_ticks=8, integer=integer_x)
     if log_y:
         y_ticks, y_step = log_ticks(min(ys), max(ys)), None
     else:

@@ -240,7 +240,7 @@ def write_plots(series: Mapping[str, tuple[list[int], list[float]]], out_dir: Pa
             continue
         lines = [LineSeries(k, series[k][0], series[k][1]) for k in keys]
         log_y = _log_scale([v for k in keys for v in series[k][1]], group.log_y)
-        chart = line_chart(lines, title=group.title, xlabel="step", ylabel=group.ylabel + (" (log scale)" if log_y else ""), log_y=log_y, size=size)
+        chart = line_chart(lines, title=group.title, xlabel="step", ylabel=group.ylabel + (" (log scale)" if log_y else ""), log_y=log_y, size=size, integer_x=True)
         written.append(chart.save(out_dir / f"{group.name}.png"))
     return written
 

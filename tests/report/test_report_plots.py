@@ -106,6 +106,9 @@ def test_nice_and_log_ticks():
     ticks, step = nice_ticks(-0.47, 0.12)
     assert ticks[0] <= -0.47 and ticks[-1] >= 0.12 and all(b - a == pytest.approx(step) for a, b in zip(ticks, ticks[1:]))
     assert nice_ticks(5.0, 5.0)[0][0] < 5.0 < nice_ticks(5.0, 5.0)[0][-1]
+    assert nice_ticks(2, 4, max_ticks=8, integer=True) == ([2, 3, 4], 1.0)
+    assert nice_ticks(0, 9, max_ticks=5, integer=True)[1] == 5.0  # 2.5 is not a whole step
+    assert nice_ticks(7, 7, integer=True)[0] == [6, 7, 8]
     assert log_ticks(0.3, 7.0) == pytest.approx([0.2, 0.5, 1.0, 2.0, 5.0, 10.0])
     assert log_ticks(0.01, 1000.0) == pytest.approx([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
     assert [format_tick(v, 0.25) for v in (0.0, 0.25, 1.5)] == ["0", "0.25", "1.50"]

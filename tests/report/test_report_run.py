@@ -87,7 +87,7 @@ def test_report_writes_one_png_per_group_with_data_and_the_eval_table(tmp_path):
     # The gradient-cosine plot is exactly the chart of the hand-written values (last value per step).
     expected = line_chart(
         [LineSeries("grad_cos/contrastive~parsing", [1, 2, 3], [-0.5, -0.25, 0.0])],
-        title=next(g.title for g in GROUPS if g.name == "gradient_cosine"), xlabel="step", ylabel="cosine",
+        title=next(g.title for g in GROUPS if g.name == "gradient_cosine"), xlabel="step", ylabel="cosine", integer_x=True,
     )
     with Image.open(run / "report" / "gradient_cosine.png") as image:
         assert image.convert("RGB").tobytes() == expected.image.tobytes()
