@@ -39,6 +39,7 @@ __all__ = [
     "is_fraction_metric",
     "numeric_metrics",
     "read_metrics",
+    "write_plots",
     "write_report",
 ]
 
