@@ -66,7 +66,7 @@ def check_paths(paths: Sequence[str], workers: int) -> list[tuple[str, str]]:
 
 
 @click.command("check-videos")
-@click.argument("source", type=click.Path(exists=True))
+@click.argument("source", metavar="RECIPE_OR_FOLDER", type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="Write the bad files here: '<path>\\t<reason>' per line.")
 @click.option("--workers", type=int, default=None, help="Parallel decoder processes (default: the CPUs available).")
 def check_videos_command(source: str, out: str | None, workers: int | None) -> None:

