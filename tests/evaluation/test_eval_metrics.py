@@ -1,6 +1,5 @@
 """Metrics against independent computations (hand-made answers and float64 brute force)."""
 
-import itertools
 import math
 
 import numpy as np

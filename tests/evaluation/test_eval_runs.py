@@ -265,3 +265,46 @@ def test_splits_run_each_and_report_the_mean(tmp_path):
     for metric in ("top1", "top5", "train_top1"):
         assert mean[metric] == pytest.approx((one[metric] + two[metric]) / 2)
     assert len(list((tmp_path / "features").glob("*.pt"))) == 4  # each split's own features
+
+
+class BrightnessCodedSquares(hcframe.VideoDataset):
+    """Moving squares whose brightness encodes the class: separable in pixel space, so even a
+    random encoder's features separate the classes when labels and features stay aligned."""
+
+    def __init__(self, num_videos: int = 24, seed: int = 0) -> None:
+        import hcframe_testkit
+
+        self.inner = hcframe_testkit.MovingSquares(num_videos=num_videos, seed=seed)
+        self.class_names = self.inner.class_names
+
+    def __len__(self):
+        return len(self.inner)
+
+    def video_id(self, i):
+        return self.inner.video_id(i)
+
+    def video_path(self, i):
+        return self.inner.video_path(i)
+
+    def __getitem__(self, key):
+        self.inner.num_views = self.num_views
+        sample = self.inner[key]
+        sample["views"] = (sample["views"].float() * (0.25 + 0.25 * int(sample["label"]))).to(torch.uint8)
+        return sample
+
+
+def test_probe_and_retrieval_see_class_structure_of_a_random_encoder(tmp_path):
+    registry = build_registry(explicit=["hcframe_testkit"])
+    registry.add("dataset", "coded_squares", BrightnessCodedSquares)
+    train, test = {"name": "coded_squares"}, {"name": "coded_squares", "num_videos": 12, "seed": 1}
+    raw = toy_raw(
+        {"protocol": "linear_probe", "train_data": train, "test_data": test, "max_iter": 50},
+        {"protocol": "retrieval", "train_data": train, "test_data": test, "ks": [1, 5]},
+    )
+    recipe = parse_recipe(raw, registry=registry)
+    torch.manual_seed(0)
+    model = build_model(recipe, registry)
+    results = run_evaluations(recipe, model, tmp_path, device=torch.device("cpu"), log=lambda m: None, registry=registry)
+    # Chance is 0.25 (4 classes); shuffled labels or misaligned features would land near it.
+    assert results["linear_probe/coded_squares/concat"]["top1"] >= 0.75
+    assert results["retrieval/coded_squares/concat"]["R@1"] >= 0.5
