@@ -15,11 +15,12 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hcframe import __version__
 from hcframe.recipe import RecipeError, load_recipe
-from hcframe.registry import ENV_STRICT, PluginError, get_registry, register_plugin
+from hcframe.registry import ENV_PLUGINS, ENV_STRICT, PluginError, get_registry
 
 __all__ = ["cli", "main"]
 
@@ -29,7 +30,7 @@ out_console = Console(highlight=False)
 
 def fail(message: str, code: int) -> "click.exceptions.Exit":
     """Print ``error: message`` on one line to stderr and exit with ``code``."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise click.exceptions.Exit(code)
 
 
@@ -52,12 +53,12 @@ class HcframeGroup(click.Group):
         registry = _registry_or_fail()
         for failure in registry.failures:
             err_console.print(
-                f"[yellow]warning:[/] plugin {failure.plugin} from {failure.provider} failed to load and was skipped: {failure.error}",
+                f"[yellow]warning:[/] {escape(f'plugin {failure.plugin} from {failure.provider} failed to load and was skipped: {failure.error}')}",
                 soft_wrap=True,
             )
 
         def on_error(provider: str, exc: BaseException) -> None:
-            err_console.print(f"[yellow]warning:[/] commands of {provider} were skipped: {type(exc).__name__}: {exc}", soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/] {escape(f'commands of {provider} were skipped: {type(exc).__name__}: {exc}')}", soft_wrap=True)
 
         registry.add_commands(self, on_error)
 
@@ -71,11 +72,10 @@ class HcframeGroup(click.Group):
 
 
 def _add_explicit_plugins(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
-    for spec in values:
-        try:
-            register_plugin(spec)
-        except PluginError as exc:
-            fail(f"--plugin {spec}: {exc}", 2)
+    # Only recorded here: the registry is built once every option (e.g. --strict-plugins, in any
+    # order) is known. The environment variable also reaches DataLoader workers and torchrun ranks.
+    specs = [s for s in os.environ.get(ENV_PLUGINS, "").split(",") if s]
+    os.environ[ENV_PLUGINS] = ",".join([*specs, *(v for v in values if v not in specs)])
 
 
 def _strict(ctx: click.Context, param: click.Parameter, value: bool) -> None:
@@ -247,10 +247,10 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
 
     recipe = _load(recipe_path, overrides)
     if not recipe.evaluations:
-        fail(escape(f"{recipe.source}: the recipe has no [[eval]] tables; add one (protocol = \"linear_probe\", ...)"), 2)
+        fail(f"{recipe.source}: the recipe has no [[eval]] tables; add one (protocol = \"linear_probe\", ...)", 2)
     checkpoint_path = Path(checkpoint)
     if not checkpoint_path.is_file():
-        fail(escape(f"{checkpoint_path}: checkpoint file not found"), 2)
+        fail(f"{checkpoint_path}: checkpoint file not found", 2)
     from hcframe.evaluation import default_eval_dir, eval_table, evaluate_checkpoint
 
     out_dir = Path(output) if output else default_eval_dir(checkpoint_path)
@@ -261,7 +261,7 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
     except Exception as exc:  # one line; the traceback only on request
         if os.environ.get("HCFRAME_DEBUG"):
             traceback.print_exc()
-        fail(escape(f"eval failed: {type(exc).__name__}: {exc} (set HCFRAME_DEBUG=1 for the traceback)"), 1)
+        fail(f"eval failed: {type(exc).__name__}: {exc} (set HCFRAME_DEBUG=1 for the traceback)", 1)
     out_console.print(eval_table(report["eval"]))
     err_console.print(escape(f"results written to {out_dir / 'eval.json'} ({report['wall_time_s']:.1f} s)"))
 
@@ -280,7 +280,7 @@ def report_command(run_dir: str, out_dir: str | None) -> None:
     try:
         paths = write_report(run_dir, out_dir)
     except ReportError as exc:
-        fail(escape(str(exc)), 2)
+        fail(str(exc), 2)
     for path in paths:
         click.echo(str(path))
 
@@ -306,14 +306,14 @@ def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, ove
         result = run_ablation(recipe_paths, parse_seeds(seeds), output_dir, overrides=overrides, metrics=metrics,
                               log=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
     except (AblationError, RecipeError) as exc:
-        fail(escape(str(exc)), 2)
+        fail(str(exc), 2)
     except KeyboardInterrupt:
         fail("interrupted; run the same command again to continue (finished runs are skipped)", 130)
     out_console.print(ablation_table(result))
     for path in write_ablation_outputs(result, output_dir, log=lambda m: err_console.print(m, markup=False)):
         err_console.print(f"wrote {path}", markup=False)
     if result.failed:
-        fail(escape(f"{len(result.failed)} of {len(result.runs)} runs failed: " + "; ".join(f"{r.name} seed {r.seed}: {r.error}" for r in result.failed)), 1)
+        fail(f"{len(result.failed)} of {len(result.runs)} runs failed: " + "; ".join(f"{r.name} seed {r.seed}: {r.error}" for r in result.failed), 1)
 
 
 def main() -> None:

@@ -273,7 +273,7 @@ def _register_explicit(registry: Registry, spec: str, strict: bool = True) -> No
     try:
         plugin = _resolve_spec(spec)
     except Exception as exc:
-        message = f"cannot import plugin {spec!r}: {type(exc).__name__}: {exc}"
+        message = f"cannot import plugin {spec!r} (named by --plugin or {ENV_PLUGINS}): {type(exc).__name__}: {exc}"
         if strict:
             raise PluginError(message) from exc
         registry.failures.append(PluginFailure(plugin=spec, provider=spec, error=message))

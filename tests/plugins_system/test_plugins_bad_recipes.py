@@ -81,7 +81,6 @@ def test_missing_recipe_file(invoke, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="core: cli.fail() prints the message as rich markup, so '[data]' vanishes; escape it")
 def test_message_with_brackets_survives(invoke, tmp_path):
     recipe = tmp_path / "bad.toml"
     recipe.write_text('[transform]\nname = "normalize"\n')

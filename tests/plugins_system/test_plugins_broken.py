@@ -142,7 +142,6 @@ def test_duplicate_from_two_installed_distributions_is_fatal_even_when_not_stric
             sys.modules.pop(module, None)
 
 
-@pytest.mark.xfail(strict=True, reason="core: --plugin builds the registry before a later --strict-plugins sets strict mode")
 def test_strict_option_after_plugin_option_is_still_strict(broken_site, invoke, monkeypatch):
     site, env, marker = broken_site
     monkeypatch.syspath_prepend(str(site))

@@ -54,7 +54,7 @@ def test_unimportable_plugin_option_is_one_line_exit_2(invoke):
     result = invoke(["--plugin", "no_such_research_module:plugin", "plugins"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: --plugin no_such_research_module:plugin: cannot import plugin 'no_such_research_module:plugin': "
+        "error: cannot import plugin 'no_such_research_module:plugin' (named by --plugin or HCFRAME_PLUGINS): "
         "ModuleNotFoundError: No module named 'no_such_research_module'"
     ]
 
