@@ -100,8 +100,9 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
         raise DecodeError("no video stream in the file")
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    ctx.thread_type = "NONE"  # see module docstring: threads per worker are already spent
-    ctx.thread_count = 1
+    if DECODER_THREADS != 0:  # 0: leave PyAV/FFmpeg's defaults (for measuring them)
+        ctx.thread_type = "NONE" if DECODER_THREADS == 1 else "AUTO"  # see the module docstring
+        ctx.thread_count = DECODER_THREADS
     return stream
 
 
@@ -163,6 +164,11 @@ def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
         return short_side, max(1, int(round(height * short_side / width)))
     return max(1, int(round(width * short_side / height))), short_side
 
+
+#: Threads of the decoder and of libswscale per call (0: the libraries' automatic choice). Kept
+#: at 1 on purpose; module-level so the benchmark can measure the alternatives.
+DECODER_THREADS = 1
+SCALER_THREADS = 1
 
 #: Frames a container may lose at its end before a short read counts as truncation. AVI headers
 #: often state one or two frames more than the stream holds.
@@ -310,7 +316,7 @@ def decode_frames(
     with open_video(path) as container:
         stream = video_stream(container)
         for numbers, frame in _wanted_frames(container, stream, info, unique):
-            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1).to_ndarray()
+            rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=SCALER_THREADS).to_ndarray()
             for index in numbers:
                 frames[slot[index]] = rgb
     return frames, unique
@@ -357,11 +363,11 @@ def _convert_box(
     x, y, w, h = box
     if frame.format.name in CROPPABLE and x % 2 == y % 2 == w % 2 == h % 2 == 0:
         part = cutter.cut(frame, box)
-        return reformatter.reformat(part, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=1).to_ndarray()
+        return reformatter.reformat(part, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=SCALER_THREADS).to_ndarray()
     # Other layouts: convert at a size where the box becomes width x height, then cut.
     full_w = int(round(frame.width * width / w))
     full_h = int(round(frame.height * height / h))
-    rgb = reformatter.reformat(frame, width=full_w, height=full_h, format="rgb24", interpolation=INTERPOLATION, threads=1).to_ndarray()
+    rgb = reformatter.reformat(frame, width=full_w, height=full_h, format="rgb24", interpolation=INTERPOLATION, threads=SCALER_THREADS).to_ndarray()
     x0, y0 = int(round(x * width / w)), int(round(y * height / h))
     x0, y0 = min(x0, full_w - width), min(y0, full_h - height)
     return rgb[y0 : y0 + height, x0 : x0 + width]
