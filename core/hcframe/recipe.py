@@ -76,7 +76,7 @@ def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 class TrainSpec:
     """``[train]``: how long and how the loop runs."""
 
-    steps: int = attrs.field(default=100, validator=_positive)
+    steps: int = attrs.field(default=100, validator=_non_negative)  # 0: evaluate the random initialisation
     batch_size: int = attrs.field(default=8, validator=_positive)  # global, over all ranks
     accumulate: int = attrs.field(default=1, validator=_positive)
     num_workers: int = attrs.field(default=0, validator=_non_negative)

@@ -75,7 +75,8 @@ def test_resolved_recipe_round_trips_through_toml():
     [
         ({"train": {"stpes": 3}}, "r.toml: train.stpes: unknown key; did you mean 'steps'?"),
         ({"train": {"steps": "ten"}}, "r.toml: train.steps: expected an integer, got str 'ten'"),
-        ({"train": {"steps": -1}}, "r.toml: train.steps: must be > 0, got -1"),
+        ({"train": {"steps": -1}}, "r.toml: train.steps: must be >= 0, got -1"),
+        ({"train": {"batch_size": 0}}, "r.toml: train.batch_size: must be > 0, got 0"),
         ({"optim": {"name": "adam"}}, "r.toml: optim.name: 'adam' is not allowed; use one of 'sgd', 'adamw'"),
         ({"model": {"encoder": {"name": "tiny3d_tset"}}}, "r.toml: model.encoder.name: no encoder 'tiny3d_tset'; did you mean 'tiny3d_test'?"),
         ({"tasks": {"t": {"name": "with_teacher", "teacher": {"name": "toy_teacher", "sise": 4}}}}, "r.toml: tasks.t.teacher.sise: unknown key for teacher 'toy_teacher'; did you mean 'size'?"),
@@ -136,3 +137,18 @@ def test_pcgrad_run_trains(toy_recipe, tmp_path):
     recipe = toy_recipe(train={"steps": 3, "batch_size": 8, "log_every": 1}, combiner={"pcgrad": True})
     summary = Trainer(recipe, tmp_path / "run", log=lambda m: None).train()
     assert summary["steps"] == 3 and summary["final_metrics"]["loss"] > 0
+
+
+def test_zero_steps_is_the_untrained_baseline(toy_recipe, tmp_path):
+    from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from hcframe.engine.trainer import build_model
+
+    recipe = toy_recipe(train={"steps": 0, "batch_size": 8})
+    summary = Trainer(recipe, tmp_path / "run", log=lambda m: None).train()
+    assert summary["steps"] == 0
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    import torch
+
+    torch.manual_seed(recipe.train.seed)
+    init = build_model(recipe).state_dict()
+    assert all(torch.equal(init[k], state["model"][k]) for k in init)

@@ -171,7 +171,7 @@ class Trainer:
             for branch in self.model.branches.values():
                 branch.compile()
         self.optimizer = build_optimizer(self.model, r.optim, self.device.type)
-        self.schedule = build_schedule(r.schedule, r.train.steps)
+        self.schedule = build_schedule(r.schedule, max(r.train.steps, 1))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
         self.ddp: nn.Module = self.model
         if self.distributed:
@@ -294,6 +294,8 @@ class Trainer:
             (self.run_dir / "recipe.toml").write_text(r.to_toml())
         step, epoch, micro = self._restore() if self.resume else (0, 0, 0)
         total_steps, accumulate = r.train.steps, r.train.accumulate
+        if total_steps == 0 and self.rank == 0:  # the untrained baseline still leaves a checkpoint to evaluate
+            save_checkpoint(self._state(0, 0, 0), self.run_dir / "checkpoints", 0, r.train.keep_checkpoints)
         metrics_file = open(self.run_dir / "metrics.jsonl", "a") if self.rank == 0 else None
         progress = _Progress(total_steps, step, self.show_progress and self.rank == 0, self.log if self.rank == 0 else (lambda m: None))
         window: dict[str, list[float]] = {}
