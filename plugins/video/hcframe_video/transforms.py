@@ -208,7 +208,7 @@ class VideoAugment(BatchTransform):
         kernel = kernel / kernel.sum(dim=1, keepdim=True)
         identity = (offsets == 0).to(x.dtype).expand_as(kernel)
         kernel = torch.where(apply[:, None], kernel, identity)  # [B, k]
-        if radius == 0 or not bool(apply.any()):
+        if radius == 0:
             return x
         groups = b * c * t
         weights = kernel.repeat_interleave(c * t, dim=0)  # [B*C*T, k]
@@ -270,12 +270,13 @@ def _luma(x: Tensor) -> Tensor:
 
 def _rotate_hue(x: Tensor, turns: Tensor) -> Tensor:
     """Rotate the chroma (I, Q) plane of YIQ by ``turns`` full turns per sample."""
-    angle = turns.to(torch.float64) * 2 * math.pi
+    # float32 throughout: float64 is slow on GPUs and missing on some (MPS).
+    angle = turns.to(torch.float32) * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.zeros(turns.shape[0], 3, 3, dtype=torch.float64, device=x.device)
+    rot = torch.zeros(turns.shape[0], 3, 3, dtype=torch.float32, device=x.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
     rot[:, 2, 1], rot[:, 2, 2] = sin, cos
-    to_yiq = _RGB_TO_YIQ.to(x.device)
+    to_yiq = _RGB_TO_YIQ.to(device=x.device, dtype=torch.float32)
     matrix = (torch.linalg.inv(to_yiq) @ rot @ to_yiq).to(x.dtype)  # [B, 3, 3]
     return torch.einsum("bij,bjthw->bithw", matrix, x)
