@@ -397,8 +397,8 @@ class SCHPTeacher(hcframe.Teacher):
     flipped to BGR and normalised with SCHP's BGR mean/std; the fusion logits (stride 4) are
     upsampled to the input size, the padding removed, and returned at ``output_size`` (default: the
     frame size). :meth:`forward_with_features` also returns the 512-channel PSP context features on
-    a grid of ``feature_size`` over the frame, for feature-level distillation. Use :meth:`from_state_dict` to build one
-    from an in-memory state dict (tests, converted weights).
+    a grid of ``feature_size`` over the frame, for feature-level distillation. Use
+    :meth:`from_state_dict` to build one from an in-memory state dict (tests, converted weights).
     """
 
     feature_dim = 512
