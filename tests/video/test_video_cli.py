@@ -11,7 +11,7 @@ from hcframe_video.datasets import UCF101
 from hcframe_video.decode import probe_video
 from hcframe_video.prepare import prepare_command
 
-from conftest import ucf_name
+from video_testdata import ucf_name
 
 
 def test_prepare_transcodes_keeps_layout_and_resumes(ucf_root, tmp_path):

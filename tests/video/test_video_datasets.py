@@ -10,7 +10,7 @@ import pytest
 from hcframe.registry import get_registry
 from hcframe_video.datasets import HMDB51, UCF101, Kinetics, VideoFolder, VideoList
 
-from conftest import HMDB_CLASSES, UCF_CLASSES, UCF_GROUPS, hmdb_name, ucf_name, write_mp4
+from video_testdata import HMDB_CLASSES, UCF_CLASSES, UCF_GROUPS, hmdb_name, ucf_name, write_mp4
 
 SMALL = dict(clip_len=4, stride=2, short_side=24, crop_size=16)
 

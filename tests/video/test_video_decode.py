@@ -11,7 +11,7 @@ from hcframe.data import BadVideo, TargetStore, collate, sample_generator
 from hcframe_video.clips import BadVideoError, VideoClipDataset, area_resample_box, clip_frame_indices
 from hcframe_video.decode import decode_boxes, decode_frames, plan_segments, probe_video, resized_size
 
-from conftest import frame_level, write_avi, write_mp4, write_video
+from video_testdata import frame_level, write_avi, write_mp4, write_video
 
 
 @pytest.fixture(scope="module")
