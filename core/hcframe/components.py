@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from typing import Any, ClassVar, Mapping, NamedTuple
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import attrs
 import torch
@@ -175,6 +175,11 @@ class BatchTransform(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, batch: dict[str, Any], train: bool = True) -> dict[str, Any]: ...
+
+    def set_part_labels(self, label_names: Sequence[str]) -> None:
+        """Called by the engine before training when batches carry ``parts`` with these class
+        names. A transform that flips images must also swap mirrored classes (a left arm seen in
+        a mirror is a right arm); the default does nothing because it does not flip."""
 
 
 class Teacher(nn.Module, abc.ABC):

@@ -144,3 +144,23 @@ def test_dataset_batch_through_the_transform(mixed_root):
     assert [v.shape for v in out["views"]] == [(2, 3, 4, 12, 12)] * 2
     assert [p.shape for p in out["parts"]] == [(2, 2, 4, 3, 3)] * 2
     torch.testing.assert_close(out["parts"][0].sum(1), torch.ones(2, 4, 3, 3))
+
+
+def test_mirrored_part_maps_swap_left_and_right_classes():
+    from hcframe_video.partmaps import LIP_LABELS
+
+    torch.manual_seed(0)
+    k = len(LIP_LABELS)
+    parts = torch.zeros(4, 1, k, 1, 8, 8)
+    parts[:, :, 0] = 1.0
+    parts[:, :, 0, :, :, :2] = 0.0
+    parts[:, :, 14, :, :, :2] = 1.0  # a left arm along the left edge
+    batch = {"views": torch.zeros(4, 1, 3, 1, 8, 8, dtype=torch.uint8), "parts": parts}
+    mirror = VideoAugment(crop_size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0, jitter_prob=0, grayscale_prob=0, blur_prob=0)
+    mirror.set_part_labels(LIP_LABELS)
+    out = mirror(batch, train=True)["parts"][0]
+    # Mirrored: the arm is now on the right edge and, seen in a mirror, it is a right arm (15).
+    assert torch.allclose(out[:, 15, :, :, -2:], torch.ones(4, 1, 8, 2), atol=1e-5)
+    assert out[:, 14].abs().max() < 1e-6
+    plain = VideoAugment(crop_size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0, jitter_prob=0, grayscale_prob=0, blur_prob=0)
+    assert plain(batch, train=True)["parts"][0][:, 14, :, :, -2:].min() > 0.99  # without labels: no swap

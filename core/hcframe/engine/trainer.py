@@ -157,6 +157,8 @@ class Trainer:
             if "label" in task.needs and not self.dataset.class_names:
                 raise RunFailed(f"{r.source}: tasks.{name} needs labels but dataset {r.data.name!r} has none")
         self.transform = r.transform.build(self.registry).to(self.device)
+        if self.dataset.target_store is not None:
+            self.transform.set_part_labels(self.dataset.target_store.label_names)
 
         precision = r.train.precision
         if precision == "auto":

@@ -10,13 +10,15 @@ seeds and checkpoints, so runs are reproducible and resume identically.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from hcframe.components import BatchTransform
+
+from hcframe_video.partmaps import flip_permutation
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VideoAugment"]
 
@@ -115,6 +117,12 @@ class VideoAugment(BatchTransform):
             raise ValueError(f"mean/std: expected three values each with std > 0, got {list(mean)} / {list(std)}")
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.part_flip: list[int] | None = None  # class permutation for mirrored part maps
+
+    def set_part_labels(self, label_names: Sequence[str]) -> None:
+        """Flipped part maps swap left/right classes (LIP: arms 14/15, legs 16/17, shoes 18/19)."""
+        perm = flip_permutation(label_names)
+        self.part_flip = perm if perm != list(range(len(perm))) else None
 
     # --- geometry -------------------------------------------------------------------------------
     def sample_affine(self, batch: int, height: int, width: int, device: torch.device) -> Tensor:
@@ -247,7 +255,11 @@ class VideoAugment(BatchTransform):
             if parts is not None:
                 maps = parts[:, v].to(torch.float32)
                 side = self.part_size or max(maps.shape[-2:])
-                out_parts.append(self.warp(maps, theta, (side, side), padding="zeros"))
+                maps = self.warp(maps, theta, (side, side), padding="zeros")
+                if self.part_flip is not None:
+                    mirrored = theta[:, 0, 0] < 0
+                    maps = torch.where(mirrored[:, None, None, None, None], maps[:, self.part_flip], maps)
+                out_parts.append(maps)
         out["views"] = out_views
         if parts is not None:
             out["parts"] = out_parts
