@@ -129,7 +129,8 @@ class MoCoTask(PretextTask):
         temperature: softmax temperature ``T`` (> 0); MoCo v2 uses 0.07.
         queue_size: number of negatives (>= 1; any value, the queue wraps around). 16384 for
             Kinetics-scale data; 2048 is recommended for small datasets (UCF101, HMDB51, the
-            synthetic world) so the queue does not hold keys much older than an epoch.
+            synthetic world) so the queue does not hold keys much older than an epoch. Keep it below
+            the number of training videos, or the queue holds the query's own video as negatives.
         momentum: EMA momentum in [0, 1] (0.99 for short runs; MoCo uses 0.999 for long ones).
         momentum_schedule: ``"constant"``, or ``"cosine"`` rising from ``momentum`` to 1 over
             ``max_steps``.
