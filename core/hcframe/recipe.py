@@ -80,6 +80,9 @@ class TrainSpec:
     batch_size: int = attrs.field(default=8, validator=_positive)  # global, over all ranks
     accumulate: int = attrs.field(default=1, validator=_positive)
     num_workers: int = attrs.field(default=0, validator=_non_negative)
+    #: Threads of the training process on CPU; 0 = the cores left over by the data workers (at least
+    #: one). Oversubscribed cores make PyTorch's thread pool spin: 10x the CPU time was measured.
+    cpu_threads: int = attrs.field(default=0, validator=_non_negative)
     prefetch_factor: int = attrs.field(default=2, validator=_positive)
     clip_grad: float = attrs.field(default=0.0, validator=_non_negative)  # 0 = off
     log_every: int = attrs.field(default=10, validator=_positive)

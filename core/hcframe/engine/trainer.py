@@ -27,7 +27,7 @@ from hcframe.engine.sampler import EpochSampler
 from hcframe.recipe import Recipe
 from hcframe.registry import Registry, get_registry
 
-__all__ = ["RunFailed", "Trainer", "build_model", "choose_device", "to_device"]
+__all__ = ["RunFailed", "Trainer", "build_model", "choose_device", "cpu_threads", "to_device"]
 
 
 class RunFailed(RuntimeError):
@@ -42,6 +42,15 @@ def choose_device(name: str) -> torch.device:
             raise RunFailed("train.device = \"cuda\" but no CUDA device is available; use \"auto\" or \"cpu\"")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def cpu_threads(requested: int, data_workers: int, processes: int = 1) -> int:
+    """Threads for one training process on CPU: ``requested``, or the cores this process may use
+    beside the other processes of the run and the data workers, at least 1."""
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // processes - data_workers)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -139,6 +148,8 @@ class Trainer:
         if r.train.batch_size % self.world:
             raise RunFailed(f"{r.source}: train.batch_size {r.train.batch_size} is not divisible by the {self.world} processes")
         self.local_batch = r.train.batch_size // self.world
+        if self.device.type == "cpu":
+            torch.set_num_threads(cpu_threads(r.train.cpu_threads, r.train.num_workers, self.world))
         # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
         torch.manual_seed(r.train.seed)
         import random

@@ -29,6 +29,9 @@ from typing import Any, Literal, Mapping
 import attrs
 
 from hcframe.recipe import (
+    _fraction,
+    _non_negative,
+    _positive,
     ComponentSpec,
     RecipeError,
     _build_component,
@@ -52,24 +55,9 @@ __all__ = [
 ]
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
-
-def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value}")
-
-
 def _positive_list(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not value or any(v <= 0 for v in value):
-        raise ValueError(f"{attribute.name} must be a non-empty list of positive integers, got {list(value)}")
+        raise ValueError(f"{attribute.name}: must be a non-empty list of positive integers, got {list(value)}")
 
 
 # --- protocol options ----------------------------------------------------------------------------
