@@ -303,6 +303,10 @@ def get_registry() -> Registry:
     global _REGISTRY
     if _REGISTRY is None:
         _REGISTRY = build_registry(explicit=_explicit_specs())
+    else:  # plugins named since it was built (a second CLI invocation in the same process)
+        for spec in _explicit_specs():
+            if not _REGISTRY._pm.has_plugin(spec):
+                _register_explicit(_REGISTRY, spec)
     return _REGISTRY
 
 
