@@ -11,7 +11,7 @@ from hcframe.cli import cli
 from hcframe.recipe import load_recipe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-SYNTHETIC = sorted([EXAMPLES / "quickstart.toml", *(EXAMPLES / "ablation").glob("*.toml")])
+SYNTHETIC = sorted([*EXAMPLES.glob("*.toml"), *(EXAMPLES / "ablation").glob("*.toml")])
 REAL = sorted((EXAMPLES / "real").glob("*.toml"))
 
 
