@@ -134,6 +134,9 @@ class CombinerSpec:
     weights: dict[str, float] = attrs.field(factory=dict)
     grad_cosine_every: int = attrs.field(default=0, validator=_non_negative)
     pcgrad: bool = False
+    #: Per task, the multiplier of its gradient into the shared trunk (default 1; 0 keeps the task
+    #: from shaping the trunk: it learns only its branch and head).
+    shared_grad_scale: dict[str, float] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -418,7 +421,11 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         tasks[task_name] = _build_component("task", table, f"tasks.{task_name}", registry)
     engine = {key: _build_engine_table(cls, raw.get(key, {}), key) for key, cls in ENGINE_TABLES.items()}
     combiner: CombinerSpec = engine["combiner"]
-    for table_name, mapping in (("combiner.weights", combiner.weights), ("optim.lr_scale", engine["optim"].lr_scale)):
+    for table_name, mapping in (
+        ("combiner.weights", combiner.weights),
+        ("combiner.shared_grad_scale", combiner.shared_grad_scale),
+        ("optim.lr_scale", engine["optim"].lr_scale),
+    ):
         for task_name in mapping:
             if task_name not in tasks:
                 raise RecipeError(f"{table_name}.{task_name}: no such task; {_suggest(task_name, list(tasks))}")

@@ -123,3 +123,21 @@ def test_pcgrad_projects_only_conflicting_gradients():
     torch.testing.assert_close(out, p1 + p2)
     aligned = pcgrad_combine({"a": g1, "b": torch.tensor([1.0, 1.0])})
     torch.testing.assert_close(aligned, torch.tensor([2.0, 1.0]))  # no conflict: plain sum
+
+
+def test_shared_grad_scale_limits_a_task_to_its_branch():
+    batch = _batch()
+    torch.manual_seed(0)
+    full = MultiTaskModel(TinyEncoder(), {"a": PooledSum(1.0), "b": PooledSum(-3.0)}, split="layer2")
+    only_a = _single_task_grads(full, batch, "a")
+    only_b = _single_task_grads(full, batch, "b")
+    for scale in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = MultiTaskModel(TinyEncoder(), {"a": PooledSum(1.0), "b": PooledSum(-3.0)}, split="layer2", shared_grad_scale={"b": scale})
+        total, _, _ = model(batch)
+        grads = _grads(model, total)
+        for name, g in grads.items():
+            if name.startswith("trunk."):
+                torch.testing.assert_close(g, only_a[name] + scale * only_b[name], rtol=1e-5, atol=1e-6)
+            elif name.startswith("branches.b."):  # the branch itself still learns from its task
+                torch.testing.assert_close(g, only_b[name], rtol=1e-5, atol=1e-6)

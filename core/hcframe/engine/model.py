@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from hcframe.components import Encoder, EncoderOutput, PretextTask, TaskInput, TaskOutput
 
-__all__ = ["LossCombiner", "MultiTaskModel", "StageStack", "TaskEncoder", "gradient_cosines", "pcgrad_combine"]
+__all__ = ["LossCombiner", "MultiTaskModel", "StageStack", "TaskEncoder", "gradient_cosines", "pcgrad_combine", "scale_gradient"]
 
 
 class StageStack(nn.Module):
@@ -91,6 +91,28 @@ class LossCombiner(nn.Module):
         return total, parts
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; multiplies the gradient flowing back by ``scale``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """``x`` unchanged, with its gradient multiplied by ``scale`` (0 detaches)."""
+    if scale == 1.0:
+        return x
+    if scale == 0.0:
+        return x.detach()
+    return _ScaleGradient.apply(x, scale)
+
+
 def _parameter_free_pool(encoder: Encoder) -> Any:
     """``encoder.pool`` bound to a shell of the encoder without its stages, so that copies of a
     :class:`TaskEncoder` (momentum encoders) do not drag a copy of every stage along. Pooling must
@@ -113,8 +135,12 @@ class MultiTaskModel(nn.Module):
         tasks: dict[str, PretextTask],
         split: str = "none",
         combiner: LossCombiner | None = None,
+        shared_grad_scale: dict[str, float] | None = None,
     ) -> None:
         super().__init__()
+        # How much of each task's gradient reaches the shared trunk (1 by default; 0: the task
+        # trains only its own branch and head on top of what the other tasks make of the trunk).
+        self.shared_grad_scale = {t: float((shared_grad_scale or {}).get(t, 1.0)) for t in tasks}
         names = encoder.stage_names()
         if split == "none":
             cut = len(names)
@@ -178,7 +204,7 @@ class MultiTaskModel(nn.Module):
         outputs: dict[str, TaskOutput] = {}
         for name, task in self.tasks.items():
             k = task.num_views
-            fmap = self.branches[name](shared[: k * size])
+            fmap = self.branches[name](scale_gradient(shared[: k * size], self.shared_grad_scale[name]))
             pooled = self._pool(fmap)
             features = [EncoderOutput(f, p) for f, p in zip(fmap.split(size), pooled.split(size))]
             inp = TaskInput(batch=batch, features=features, encoder=self.task_encoders[name], step=step, max_steps=max_steps)

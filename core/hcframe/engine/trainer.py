@@ -65,7 +65,7 @@ def build_model(recipe: Recipe, registry: Registry | None = None) -> MultiTaskMo
     tasks = {name: spec.build(registry) for name, spec in recipe.tasks.items()}
     combiner = LossCombiner(tasks, recipe.combiner.weights, recipe.combiner.weighting)
     try:
-        return MultiTaskModel(encoder, tasks, recipe.model.split, combiner)
+        return MultiTaskModel(encoder, tasks, recipe.model.split, combiner, recipe.combiner.shared_grad_scale)
     except ValueError as exc:
         raise RunFailed(f"{recipe.source}: {exc}") from None
 
