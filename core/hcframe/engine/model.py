@@ -221,7 +221,8 @@ def _flat_grads(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = T
 def gradient_cosines(task_losses: dict[str, Tensor], shared: list[nn.Parameter]) -> dict[str, float]:
     """Cosine similarity between every pair of tasks' gradients on the shared parameters.
 
-    Negative values mean the tasks pull the shared trunk in conflicting directions.
+    Negative values mean the tasks pull the shared trunk in conflicting directions. Pairs where a
+    task sends no gradient into the trunk are left out.
     """
     names = list(task_losses)
     grads = {n: _flat_grads(task_losses[n], shared) for n in names}
@@ -229,7 +230,8 @@ def gradient_cosines(task_losses: dict[str, Tensor], shared: list[nn.Parameter])
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             denom = grads[a].norm() * grads[b].norm()
-            out[f"{a}~{b}"] = float((grads[a] @ grads[b]) / denom) if denom > 0 else 0.0
+            if denom > 0:  # a task kept out of the trunk (shared_grad_scale 0) has no direction
+                out[f"{a}~{b}"] = float((grads[a] @ grads[b]) / denom)
     return out
 
 
