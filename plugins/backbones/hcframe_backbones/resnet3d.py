@@ -220,18 +220,6 @@ class R3D(VideoResNet):
 
     owner = "r3d_18"
 
-    def __init__(
-        self,
-        width: int = 64,
-        blocks: list[int] = [2, 2, 2, 2],  # noqa: B006
-        in_channels: int = 3,
-        stem_spatial_stride: int = 2,
-        spatial_strides: list[int] = [1, 2, 2, 2],  # noqa: B006
-        temporal_strides: list[int] = [1, 2, 2, 2],  # noqa: B006
-        zero_init_residual: bool = False,
-    ) -> None:
-        super().__init__(width, blocks, in_channels, stem_spatial_stride, spatial_strides, temporal_strides, zero_init_residual)
-
     def make_stem(self, in_channels: int, out_channels: int, spatial_stride: int) -> nn.Module:
         return nn.Sequential(
             nn.Conv3d(in_channels, out_channels, (3, 7, 7), stride=(1, spatial_stride, spatial_stride), padding=(1, 3, 3), bias=False),
@@ -252,18 +240,6 @@ class R2Plus1D(VideoResNet):
     """
 
     owner = "r2plus1d_18"
-
-    def __init__(
-        self,
-        width: int = 64,
-        blocks: list[int] = [2, 2, 2, 2],  # noqa: B006
-        in_channels: int = 3,
-        stem_spatial_stride: int = 2,
-        spatial_strides: list[int] = [1, 2, 2, 2],  # noqa: B006
-        temporal_strides: list[int] = [1, 2, 2, 2],  # noqa: B006
-        zero_init_residual: bool = False,
-    ) -> None:
-        super().__init__(width, blocks, in_channels, stem_spatial_stride, spatial_strides, temporal_strides, zero_init_residual)
 
     def make_stem(self, in_channels: int, out_channels: int, spatial_stride: int) -> nn.Module:
         mid = scale_channels(R2PLUS1D_STEM_MID, out_channels)
