@@ -1,6 +1,6 @@
 """The core's own components, registered through the ``hcframe`` entry point like any plugin."""
 
-from hcframe.heads import LinearHead, SupervisedClassification
+from hcframe.heads import LinearHead, OnlineLinearProbe, SupervisedClassification
 from hcframe.registry import Registry, hookimpl
 from hcframe.transforms import Normalize
 
@@ -9,4 +9,5 @@ from hcframe.transforms import Normalize
 def hcframe_register(registry: Registry) -> None:
     registry.add("head", "linear", LinearHead)
     registry.add("task", "supervised", SupervisedClassification)
+    registry.add("task", "online_probe", OnlineLinearProbe)
     registry.add("transform", "normalize", Normalize)

@@ -139,6 +139,9 @@ class PretextTask(nn.Module, abc.ABC):
 
     num_views: ClassVar[int] = 1
     needs: ClassVar[frozenset[str]] = frozenset()
+    #: ``None``: the task owns a branch. A task name or ``"concat"``: the task owns no branch and
+    #: reads that representation, detached (an online probe that must not shape the encoder).
+    reads_branch: str | None = None
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         """Called once, before the optimiser is built. ``encoder`` is as in :class:`TaskInput`."""

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from hcframe.components import Head, PretextTask, TaskInput, TaskOutput
 
-__all__ = ["LinearHead", "SupervisedClassification"]
+__all__ = ["LinearHead", "OnlineLinearProbe", "SupervisedClassification"]
 
 
 class LinearHead(Head):
@@ -47,3 +47,29 @@ class SupervisedClassification(PretextTask):
         with torch.no_grad():
             acc = (logits.argmax(1) == labels).float().mean()
         return TaskOutput({"ce": loss}, {"acc": acc})
+
+
+class OnlineLinearProbe(PretextTask):
+    """A linear classifier trained on detached features during pre-training: a cheap live signal of
+    how linearly separable the representation is. Its gradient never reaches the encoder, so the
+    pre-training stays label-free; its ``acc`` is on training clips, as they come."""
+
+    num_views = 1
+    needs = frozenset({"label"})
+
+    def __init__(self, num_classes: int, branch: str = "concat") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.reads_branch = branch
+        self.head: LinearHead | None = None
+
+    def setup(self, encoder: nn.Module, feature_dim: int) -> None:
+        self.head = LinearHead(feature_dim, self.num_classes)
+
+    def forward(self, inp: TaskInput) -> TaskOutput:
+        assert self.head is not None, "setup() was not called"
+        logits = self.head(inp.features[0].pooled)
+        labels = inp.batch["label"]
+        with torch.no_grad():
+            acc = (logits.argmax(1) == labels).float().mean()
+        return TaskOutput({"ce": F.cross_entropy(logits, labels)}, {"acc": acc})

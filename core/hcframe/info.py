@@ -27,7 +27,7 @@ class _AllViews(nn.Module):
 
     def forward(self, views: Tensor) -> tuple[Tensor, ...]:
         shared = self.model.trunk(views)
-        return tuple(self.model.branches[n](shared[: t.num_views]) for n, t in self.model.tasks.items())
+        return tuple(branch(shared[: self.model.tasks[n].num_views]) for n, branch in self.model.branches.items())
 
 
 class _OneClip(nn.Module):

@@ -141,3 +141,29 @@ def test_shared_grad_scale_limits_a_task_to_its_branch():
                 torch.testing.assert_close(g, only_a[name] + scale * only_b[name], rtol=1e-5, atol=1e-6)
             elif name.startswith("branches.b."):  # the branch itself still learns from its task
                 torch.testing.assert_close(g, only_b[name], rtol=1e-5, atol=1e-6)
+
+
+def test_online_probe_reads_a_branch_detached_and_trains_only_itself():
+    from hcframe.heads import OnlineLinearProbe
+
+    batch = {**_batch(), "label": torch.tensor([0, 1])}
+    torch.manual_seed(0)
+    model = MultiTaskModel(
+        TinyEncoder(), {"a": PooledSum(1.0), "b": PooledSum(-3.0), "probe": OnlineLinearProbe(num_classes=2)}, split="layer2"
+    )
+    assert set(model.branches) == {"a", "b"}  # the probe owns no branch
+    assert model.tasks["probe"].head.fc.in_features == 2 * model.feature_dim  # reads the concatenation
+    _, outputs, _ = model(batch)
+    grads = _grads(model, outputs["probe"].total)
+    for name, g in grads.items():
+        if name.startswith("tasks.probe."):
+            assert g is not None and g.abs().sum() > 0
+        else:
+            assert g is None or g.abs().sum() == 0, name
+    # Its logits are the linear head on the concatenated pooled features of view 0.
+    x = batch["views"][0]
+    expected = model.tasks["probe"].head(model.encode(x, "concat"))
+    loss = torch.nn.functional.cross_entropy(expected, batch["label"])
+    torch.testing.assert_close(outputs["probe"].total, loss)
+    with pytest.raises(ValueError, match="reads branch 'c'"):
+        MultiTaskModel(TinyEncoder(), {"a": PooledSum(1.0), "probe": OnlineLinearProbe(2, branch="c")}, split="layer2")

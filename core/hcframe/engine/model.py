@@ -150,19 +150,28 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"model.split: the encoder has no stage {split!r}; stages are {', '.join(names)} (or 'none')")
         self.split = split
         self.feature_dim = encoder.feature_dim
+        owners = [t for t, task in tasks.items() if task.reads_branch is None]
+        if not owners:
+            raise ValueError("tasks: every task reads another task's branch; at least one must own a branch")
+        for t, task in tasks.items():
+            if task.reads_branch is not None and task.reads_branch not in (*owners, "concat"):
+                raise ValueError(f"tasks.{t}: reads branch {task.reads_branch!r}; branches are {', '.join(owners)} or 'concat'")
         self.trunk = StageStack({n: encoder.stages[n] for n in names[:cut]})
         self.branches = nn.ModuleDict(
-            {t: StageStack({n: copy.deepcopy(encoder.stages[n]) for n in names[cut:]}) for t in tasks}
+            {t: StageStack({n: copy.deepcopy(encoder.stages[n]) for n in names[cut:]}) for t in owners}
         )
         self._pool = _parameter_free_pool(encoder)
         self.tasks = nn.ModuleDict(tasks)
         self.combiner = combiner or LossCombiner(tasks)
         # Plain dict: these views share modules with the trunk/branches and must not be registered.
-        self.task_encoders: dict[str, TaskEncoder] = {
-            t: TaskEncoder(self.trunk, self.branches[t], self._pool) for t in tasks
-        }
+        # A task that reads another branch gets that branch's path (the first branch for "concat").
+        self.task_encoders: dict[str, TaskEncoder] = {}
+        for t, task in tasks.items():
+            source = t if task.reads_branch is None else (owners[0] if task.reads_branch == "concat" else task.reads_branch)
+            self.task_encoders[t] = TaskEncoder(self.trunk, self.branches[source], self._pool)
         for name, task in self.tasks.items():
-            task.setup(self.task_encoders[name], self.feature_dim)
+            dim = self.feature_dim if task.reads_branch is None else self.representation_dim(task.reads_branch)
+            task.setup(self.task_encoders[name], dim)
 
     @property
     def num_views(self) -> int:
@@ -173,7 +182,8 @@ class MultiTaskModel(nn.Module):
 
     def task_parameters(self, task: str) -> list[nn.Parameter]:
         """Parameters only ``task`` trains: its branch and its own modules (heads)."""
-        params = list(self.branches[task].parameters()) + list(self.tasks[task].parameters())
+        branch = list(self.branches[task].parameters()) if task in self.branches else []
+        params = branch + list(self.tasks[task].parameters())
         return [p for p in params if p.requires_grad]
 
     def encode(self, clips: Tensor, branch: str = "concat") -> Tensor:
@@ -193,6 +203,15 @@ class MultiTaskModel(nn.Module):
             return self.feature_dim * len(self.branches)
         return self.feature_dim
 
+    def _read(self, branch: str, computed: dict[str, EncoderOutput]) -> EncoderOutput:
+        """View 0 of an already computed representation, detached (for tasks that read a branch)."""
+        if branch == "concat" and self.split != "none":
+            parts = list(computed.values())
+            out = EncoderOutput(torch.cat([p.feature_map for p in parts], 1), torch.cat([p.pooled for p in parts], 1))
+        else:
+            out = computed[branch if branch != "concat" else next(iter(computed))]
+        return EncoderOutput(out.feature_map.detach(), out.pooled.detach())
+
     def forward(
         self, batch: dict[str, Any], step: int = 0, max_steps: int = 1
     ) -> tuple[Tensor, dict[str, TaskOutput], dict[str, Tensor]]:
@@ -202,13 +221,22 @@ class MultiTaskModel(nn.Module):
         size = views[0].shape[0]
         shared = self.trunk(torch.cat(views[:needed], dim=0))
         outputs: dict[str, TaskOutput] = {}
-        for name, task in self.tasks.items():
+        first_view: dict[str, EncoderOutput] = {}
+        for name in self.branches:
+            task = self.tasks[name]
             k = task.num_views
             fmap = self.branches[name](scale_gradient(shared[: k * size], self.shared_grad_scale[name]))
             pooled = self._pool(fmap)
             features = [EncoderOutput(f, p) for f, p in zip(fmap.split(size), pooled.split(size))]
+            first_view[name] = features[0]
             inp = TaskInput(batch=batch, features=features, encoder=self.task_encoders[name], step=step, max_steps=max_steps)
             outputs[name] = task(inp)
+        for name, task in self.tasks.items():
+            if task.reads_branch is not None:
+                features = [self._read(task.reads_branch, first_view)]
+                inp = TaskInput(batch=batch, features=features, encoder=self.task_encoders[name], step=step, max_steps=max_steps)
+                outputs[name] = task(inp)
+        outputs = {n: outputs[n] for n in self.tasks}  # recipe order
         total, weighted = self.combiner({n: o.total for n, o in outputs.items()})
         return total, outputs, weighted
 
