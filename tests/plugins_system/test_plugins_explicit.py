@@ -47,7 +47,7 @@ def test_cli_lists_the_explicit_plugin_as_its_provider(invoke, research_subclass
     result = invoke(["--plugin", "research_subclass:plugin", "plugins", "--json", "--kind", "task"], HCFRAME_DISABLE_PLUGIN_AUTOLOAD="1")
     assert result.exit_code == 0, result.output
     providers = {r["name"]: r["provider"] for r in json.loads(result.stdout)}
-    assert providers == {"supervised": "hcframe", "supervised_mlp": "research_subclass:plugin (explicit)"}
+    assert providers == {"online_probe": "hcframe", "supervised": "hcframe", "supervised_mlp": "research_subclass:plugin (explicit)"}
 
 
 def test_unimportable_plugin_option_is_one_line_exit_2(invoke):
