@@ -191,6 +191,9 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids)
 
+        # Training draws (augmentation, task sampling) start from a state that does not depend on
+        # what building the model and data consumed (an extra head, a world generated on first use).
+        torch.manual_seed(r.train.seed + 1)
         self.sampler = EpochSampler(len(self.dataset), self.world, self.rank, seed=r.train.seed)
         self.batches_per_epoch = len(self.sampler) // self.local_batch
         if self.batches_per_epoch == 0:
