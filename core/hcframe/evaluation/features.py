@@ -15,7 +15,7 @@ import json
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import attrs
 import torch
@@ -27,6 +27,7 @@ from hcframe.engine.model import MultiTaskModel
 
 __all__ = [
     "FeatureSet",
+    "TestViews",
     "autocast_context",
     "device_views",
     "encoder_fingerprint",
@@ -109,6 +110,27 @@ def device_views(batch: dict[str, Any], transform: nn.Module, device: torch.devi
     return transform(batch, train=train)["views"]
 
 
+class TestViews:
+    """Iterate ``(views, batch)`` over the readable videos of ``dataset``: ``views`` is the list of
+    deterministic (``train=False``) device views. Unreadable videos are logged once each and counted
+    in ``num_bad``; batches with no readable video are skipped."""
+
+    def __init__(self, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
+                 num_workers: int, log: Callable[[str], None]) -> None:
+        self.dataset, self.transform, self.device, self.log = dataset, transform, device, log
+        self.loader = make_loader(dataset, batch_size, num_workers)
+        self.num_bad = 0
+
+    def __iter__(self) -> Iterator[tuple[list[Tensor], dict[str, Any]]]:
+        for batch in self.loader:
+            bad = batch.pop(BAD)
+            for b in bad:
+                self.log(f"skipping unreadable video {b.path}: {b.reason}")
+            self.num_bad += len(bad)
+            if "views" in batch:
+                yield device_views(batch, self.transform, self.device, train=False), batch
+
+
 @torch.no_grad()
 def extract_features(
     model: MultiTaskModel,
@@ -127,30 +149,22 @@ def extract_features(
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
     Videos that cannot be read are skipped and counted (each is logged once).
     """
-    loader = make_loader(dataset, batch_size, num_workers)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
     features: list[Tensor] = []
     labels: list[Tensor] = []
     ids: list[str] = []
-    num_bad = 0
-    for batch in loader:
-        bad = batch.pop(BAD)
-        for b in bad:
-            log(f"skipping unreadable video {b.path}: {b.reason}")
-        num_bad += len(bad)
-        if "views" not in batch:
-            continue
-        views = device_views(batch, transform, device, train=False)
+    for views, batch in readable:
         with autocast_context(device, precision):
             per_view = [model.encode(v, branch).float() for v in views]
         features.append(torch.stack(per_view, dim=1).cpu())
         labels.append(batch["label"].view(-1).cpu().long())
         ids.extend(dataset.video_id(int(i)) for i in batch["index"].view(-1))
     if not features:
-        raise RuntimeError(f"no video of dataset {type(dataset).__name__} could be read ({num_bad} unreadable)")
+        raise RuntimeError(f"no video of dataset {type(dataset).__name__} could be read ({readable.num_bad} unreadable)")
     all_labels = torch.cat(labels)
     if bool((all_labels < 0).any()):
         raise ValueError(f"dataset {type(dataset).__name__} has unlabelled videos (label -1); evaluation needs labels")
-    return FeatureSet(torch.cat(features), all_labels, ids, len(getattr(dataset, "class_names", ())), num_bad)
+    return FeatureSet(torch.cat(features), all_labels, ids, len(getattr(dataset, "class_names", ())), readable.num_bad)
 
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:

@@ -17,7 +17,7 @@ from hcframe.data import BAD
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.sampler import EpochSampler
-from hcframe.evaluation.features import device_views, autocast_context, make_loader
+from hcframe.evaluation.features import TestViews, autocast_context, device_views, make_loader
 from hcframe.evaluation.metrics import multiview_metrics
 from hcframe.evaluation.spec import FinetuneOptions
 from hcframe.heads import LinearHead
@@ -71,21 +71,15 @@ def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torc
     """Logits ``[N, V, C]`` of every view of every readable video, their labels ``[N]``, and the
     number of unreadable videos skipped."""
     net.eval()
-    scores, labels, bad_count = [], [], 0
-    for batch in make_loader(dataset, batch_size, num_workers):
-        bad = batch.pop(BAD)
-        for b in bad:
-            log(f"skipping unreadable video {b.path}: {b.reason}")
-        bad_count += len(bad)
-        if "views" not in batch:
-            continue
-        views = device_views(batch, transform, device, train=False)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    scores, labels = [], []
+    for views, batch in readable:
         with autocast_context(device, precision):
             scores.append(torch.stack([net(v).float() for v in views], dim=1).cpu())
         labels.append(batch["label"].view(-1).long())
     if not scores:
         raise RuntimeError(f"no test video of {type(dataset).__name__} could be read")
-    return torch.cat(scores), torch.cat(labels), bad_count
+    return torch.cat(scores), torch.cat(labels), readable.num_bad
 
 
 def finetune_metrics(
