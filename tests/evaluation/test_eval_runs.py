@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TEST_DATA, TRAIN_DATA, toy_raw
+from eval_toy import TEST_DATA, TRAIN_DATA, toy_raw
 
 import hcframe
 from hcframe.cli import cli

@@ -3,7 +3,7 @@
 import tomllib
 
 import pytest
-from conftest import TEST_DATA, TRAIN_DATA, toy_raw
+from eval_toy import TEST_DATA, TRAIN_DATA, toy_raw
 
 from hcframe.evaluation import FinetuneOptions, LinearProbeOptions, build_eval_specs
 from hcframe.recipe import RecipeError, dump_toml, parse_recipe

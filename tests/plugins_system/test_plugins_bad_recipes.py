@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TOY_RECIPE
+from plugin_testing import TOY_RECIPE
 
 
 def _expect_one_error_line(stderr: str, expected_start: str) -> str:

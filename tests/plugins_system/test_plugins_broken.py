@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hcframe.registry import PluginError, Registry, build_registry, hookimpl
-from conftest import run_hcframe
+from plugin_testing import run_hcframe
 
 
 def make_distribution(root: Path, name: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:

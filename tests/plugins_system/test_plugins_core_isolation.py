@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import EXAMPLES, REPO, SUPPORT
+from plugin_testing import EXAMPLES, REPO, SUPPORT
 
 CORE = REPO / "core"
 

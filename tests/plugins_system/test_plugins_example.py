@@ -12,7 +12,7 @@ import tomllib
 import pytest
 import torch
 
-from conftest import SPEED_RECIPE
+from plugin_testing import SPEED_RECIPE
 
 
 def _require_example_installed() -> None:

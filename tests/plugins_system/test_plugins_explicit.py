@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import hcframe
-from conftest import EXAMPLES, TOY_RECIPE
+from plugin_testing import EXAMPLES, TOY_RECIPE
 
 SUBCLASS_RECIPE = TOY_RECIPE.replace('name = "supervised"', 'name = "supervised_mlp"\nhidden = 16')
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hcframe.registry import UnknownComponentError, get_registry
-from conftest import TOY_RECIPE, error_lines
+from plugin_testing import TOY_RECIPE, error_lines
 
 
 def test_create_unknown_encoder_suggests_the_near_miss_and_lists_installed(fresh_registry):
