@@ -4,10 +4,10 @@ A cache is a part-map store (:mod:`hcframe_video.partmaps`, the format the synth
 truth uses), so training reads it through the same :class:`~hcframe_video.partmaps.PartMapStore`
 with data workers. Its ``identity`` (in ``meta.json``) is::
 
-    {"teacher": teacher.identity(), "resolution": [h, w], "kind": ..., "k": ..., "every_k": ...,
-     "precision": "fp32" | "bf16"}
+    {"teacher": teacher.identity(), "resolution": [h, w], "kind": ..., "k": ..., "every_k": ...}
 
-so a cache made by another checkpoint, input size, label set, resolution or frame step is refused
+so a cache made by another checkpoint, input size, label set, precision (the teacher's
+``precision`` option, part of its identity), resolution or frame step is refused
 both when resuming a build (:func:`cache_teacher`) and when training opens it
 (:func:`open_teacher_cache`, which compares the ``teacher`` part: resolution and frame step are
 properties of the cache the reader adapts to).
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import inspect
 import json
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -63,15 +62,16 @@ def run_teacher(
     """Teacher logits for RGB ``[0, 1]`` frames ``[N, 3, H, W]``, float32 ``[N, K, *output_size]``.
 
     Runs without gradients in chunks of ``batch_size`` frames on ``device`` (default: the frames'
-    device), under bf16 autocast on CUDA. The output grid is asked of the teacher when its
-    ``forward`` takes ``output_size``; otherwise its logits are bilinearly resized.
+    device), in the teacher's own precision: the built-in teachers apply their ``precision``
+    option themselves (float32 unless ``"bf16"`` is asked for; see :mod:`hcframe_parsing.precision`),
+    so nothing here lowers it. The output grid is asked of the teacher when its ``forward`` takes
+    ``output_size``; otherwise its logits are bilinearly resized.
     """
     device = torch.device(device) if device is not None else frames.device
     size = (int(output_size[0]), int(output_size[1]))
     pass_size = _accepts_output_size(teacher)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     outs = []
-    with torch.no_grad(), autocast:
+    with torch.no_grad():
         for start in range(0, frames.shape[0], batch_size):
             chunk = frames[start : start + batch_size].to(device, non_blocking=True).float()
             logits = teacher(chunk, output_size=size) if pass_size else teacher(chunk)
@@ -81,17 +81,15 @@ def run_teacher(
     return torch.cat(outs, dim=0)
 
 
-def cache_identity(
-    teacher: hcframe.Teacher, resolution: Sequence[int], kind: str, k: int | None, every_k: int, precision: str
-) -> dict[str, Any]:
-    """The identity a cache of ``teacher`` with these settings is stored under."""
+def cache_identity(teacher: hcframe.Teacher, resolution: Sequence[int], kind: str, k: int | None, every_k: int) -> dict[str, Any]:
+    """The identity a cache of ``teacher`` with these settings is stored under (the teacher's
+    precision is in ``teacher.identity()``)."""
     return {
         "teacher": teacher.identity(),
         "resolution": [int(resolution[0]), int(resolution[1])],
         "kind": kind,
         "k": k,
         "every_k": int(every_k),
-        "precision": precision,
     }
 
 
@@ -179,10 +177,9 @@ def cache_teacher(
     else:
         k = None
     dev = torch.device(device)
-    precision = "bf16" if dev.type == "cuda" else "fp32"
     teacher = teacher.freeze().to(dev)
     size = (int(resolution[0]), int(resolution[1]))
-    identity = cache_identity(teacher, size, kind, k, every_k, precision)
+    identity = cache_identity(teacher, size, kind, k, every_k)
     if (Path(out_dir) / "meta.json").is_file():
         existing = PartMapStore(out_dir).identity
         differ = identity_differences(existing, json.loads(_canonical(identity)))

@@ -230,9 +230,9 @@ class ParsingDistillation(hcframe.PretextTask):
         return probs, feats
 
     def _teacher_with_features(self, frames: Tensor, size: tuple[int, int], feature_size: tuple[int, int] | None) -> tuple[Tensor, Tensor]:
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if frames.is_cuda else torch.autocast("cpu", enabled=False)
+        # The teacher applies its own precision option (fp32 unless it was built with "bf16").
         logits, feats = [], []
-        with torch.no_grad(), autocast:
+        with torch.no_grad():
             for start in range(0, frames.shape[0], self.teacher_batch_size):
                 chunk = frames[start : start + self.teacher_batch_size]
                 lo, fe = self.teacher.forward_with_features(chunk, output_size=size, feature_size=feature_size)

@@ -18,21 +18,32 @@ Architecture (inference only):
   edge features (768) -> 1x1 conv 256 -> norm -> Dropout2d -> 1x1 classifier. Its output at stride 4
   (119x119 for a 473 input, 128x128 for 512) is SCHP's final parsing result.
 
-Norm layers. SCHP uses InPlaceABNSync (fused batch-norm + activation, CUDA only) whose state is
-``weight``, ``bias``, ``running_mean``, ``running_var`` and no ``num_batches_tracked``.
-:class:`ABNStandIn` holds exactly those tensors and applies ``F.batch_norm`` in inference mode
-(eps 1e-5) followed by the activation. The activation follows SCHP's per-layer choice: the backbone
-(stem, bottlenecks, downsample) builds its norms with ``activation="none"`` and applies ReLU
-explicitly where ResNet does, while every norm in the context, edge, decoder and fusion heads is a
-default InPlaceABNSync, i.e. leaky ReLU with slope 0.01. Getting this wrong would not change any key
-but would change every output, so it is a fixed property of each layer, not an option.
+Norm layers. SCHP uses InPlaceABNSync (mapillary/inplace_abn's fused batch-norm + activation,
+CUDA only) whose state is ``weight``, ``bias``, ``running_mean``, ``running_var`` and no
+``num_batches_tracked``. Its affine scale is **not** the stored weight: the forward kernels (CPU and
+CUDA, in SCHP's bundled copy and in later InPlace-ABN releases alike) scale by ``|weight| + eps``,
+so in inference a layer computes::
+
+    y = (x - running_mean) / sqrt(running_var + eps) * (|weight| + eps) + bias,   eps = 1e-5
+
+then its activation. A checkpoint's stored weights may be negative (training only ever sees their
+magnitude), so reading them as plain batch-norm weights silently changes the outputs.
+:class:`ABNStandIn` holds exactly those four tensors and computes the formula above. The activation
+follows SCHP's per-layer choice: the backbone (stem ``bn1..3``, every bottleneck ``bn1..3`` and
+``downsample.1``) builds its norms with ``activation="none"`` and applies ReLU explicitly where
+ResNet does, while every norm in the context, edge, decoder and fusion heads is a default
+InPlaceABNSync, i.e. leaky ReLU with slope 0.01. Getting this wrong would not change any key but
+would change every output, so it is a fixed property of each layer, not an option.
+
+Precision: the teacher runs in float32 by default (SCHP is a float32 model); ``precision="bf16"``
+opts into bfloat16 autocast (see :mod:`hcframe_parsing.precision`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +51,7 @@ from torch import Tensor, nn
 
 import hcframe
 from hcframe_parsing.frames import RESIZE_MODES, logits_to_frame_grid, normalise, place_frames, sample_frame_grid
+from hcframe_parsing.precision import check_precision, teacher_precision
 
 __all__ = [
     "ABNStandIn",
@@ -99,10 +111,12 @@ SCHP_OUTPUT_STRIDE = 4
 
 # --- building blocks ------------------------------------------------------------------------------
 class ABNStandIn(nn.Module):
-    """Inference stand-in for InPlaceABN(Sync): batch-norm with running statistics, then activation.
+    """Inference form of InPlace-ABN(Sync): batch-norm with running statistics and the affine scale
+    ``|weight| + eps`` (InPlace-ABN's, not plain batch-norm's ``weight``), then the activation.
 
     ``activation``: ``"none"`` or ``"leaky_relu"`` (slope ``slope``). State: ``weight``, ``bias``
-    (parameters), ``running_mean``, ``running_var`` (buffers), nothing else.
+    (parameters), ``running_mean``, ``running_var`` (buffers), nothing else. The output does not
+    depend on the sign of ``weight``.
     """
 
     def __init__(self, num_features: int, activation: str = "leaky_relu", slope: float = 0.01, eps: float = 1e-5) -> None:
@@ -118,7 +132,9 @@ class ABNStandIn(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps)
+        # The same eps enters twice, as in InPlace-ABN's kernels: in the variance and in the scale.
+        scale = self.weight.abs() + self.eps
+        x = F.batch_norm(x, self.running_mean, self.running_var, scale, self.bias, training=False, eps=self.eps)
         if self.activation == "leaky_relu":
             x = F.leaky_relu(x, self.slope)
         return x
@@ -392,6 +408,10 @@ class SCHPTeacher(hcframe.Teacher):
             ``"atr"`` (18, 512x512) or ``"pascal"`` (Pascal-Person-Part, 7, 512x512).
         resize_mode: ``"letterbox"`` (default; aspect kept, centred, black padding, as SCHP's own
             inference) or ``"resize"`` (plain resize to the input size).
+        precision: ``"fp32"`` (default: float32, as SCHP; an enclosing autocast is switched off and
+            CUDA convolutions avoid TF32) or ``"bf16"`` (bfloat16 autocast, an opt-in meant for
+            CUDA; it changes the outputs, see the plugin README). Part of :meth:`identity`, so a
+            cache made at one precision is refused at the other.
 
     ``forward(frames)`` takes RGB ``[N, 3, H, W]`` in ``[0, 1]``; frames are placed at the input size,
     flipped to BGR and normalised with SCHP's BGR mean/std; the fusion logits (stride 4) are
@@ -403,18 +423,21 @@ class SCHPTeacher(hcframe.Teacher):
 
     feature_dim = 512
 
-    def __init__(self, checkpoint: str, dataset: str = "lip", resize_mode: str = "letterbox") -> None:
+    def __init__(
+        self, checkpoint: str, dataset: str = "lip", resize_mode: str = "letterbox", precision: Literal["fp32", "bf16"] = "fp32"
+    ) -> None:
         super().__init__()
         if not checkpoint:
             raise ValueError("teacher.checkpoint is empty; give the path of an SCHP .pth checkpoint")
-        self._build(dataset, resize_mode)
+        self._build(dataset, resize_mode, precision)
         state = read_schp_checkpoint(checkpoint)
         load_schp_state_dict(self.model, state, dataset, source=checkpoint)
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = sha256_of_file(checkpoint)
         self.freeze()
 
-    def _build(self, dataset: str, resize_mode: str) -> None:
+    def _build(self, dataset: str, resize_mode: str, precision: str) -> None:
+        self.precision = check_precision(precision)
         if dataset not in SCHP_VARIANTS:
             raise ValueError(f"teacher.dataset {dataset!r} is not one of {', '.join(SCHP_VARIANTS)}")
         if resize_mode not in RESIZE_MODES:
@@ -431,13 +454,18 @@ class SCHPTeacher(hcframe.Teacher):
 
     @classmethod
     def from_state_dict(
-        cls, state: Mapping[str, Tensor], dataset: str = "lip", resize_mode: str = "letterbox", source: str = "<state dict>"
+        cls,
+        state: Mapping[str, Tensor],
+        dataset: str = "lip",
+        resize_mode: str = "letterbox",
+        source: str = "<state dict>",
+        precision: str = "fp32",
     ) -> "SCHPTeacher":
         """Build from an in-memory state dict (checkpoint layout or bare); the identity's hash is a
         content hash of the tensors instead of a file hash."""
         teacher = cls.__new__(cls)
         hcframe.Teacher.__init__(teacher)
-        teacher._build(dataset, resize_mode)
+        teacher._build(dataset, resize_mode, precision)
         bare = unwrap_schp_state_dict(state, source=source)
         load_schp_state_dict(teacher.model, bare, dataset, source=source)
         teacher.checkpoint = source
@@ -448,6 +476,8 @@ class SCHPTeacher(hcframe.Teacher):
     def identity(self) -> dict[str, Any]:
         return {
             "architecture": "schp-augmentce2p-resnet101",
+            # Names the norm formula: caches made before the |weight| + eps fix are refused.
+            "norm": "inplace_abn",
             "dataset": self.variant.name,
             "checkpoint_sha256": self.checkpoint_sha256,
             "input_size": list(self.input_size),
@@ -456,6 +486,7 @@ class SCHPTeacher(hcframe.Teacher):
             "mean": list(SCHP_BGR_MEAN),
             "std": list(SCHP_BGR_STD),
             "label_names": list(self.label_names),
+            "precision": self.precision,
         }
 
     def _prepare(self, frames: Tensor):
@@ -463,16 +494,19 @@ class SCHPTeacher(hcframe.Teacher):
         return normalise(placed, SCHP_BGR_MEAN, SCHP_BGR_STD, channel_order="bgr"), placement
 
     def forward(self, frames: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
-        x, placement = self._prepare(frames)
-        logits = self.model.parse(x)["fusion"]
-        return logits_to_frame_grid(logits, placement, output_size or frames.shape[-2:])
+        with teacher_precision(frames.device, self.precision):
+            x, placement = self._prepare(frames)
+            logits = self.model.parse(x)["fusion"].float()
+            return logits_to_frame_grid(logits, placement, output_size or frames.shape[-2:])
 
     def forward_with_features(
         self, frames: Tensor, output_size: Sequence[int] | None = None, feature_size: Sequence[int] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Logits as :meth:`forward`, and the PSP context features ``[N, 512, *feature_size]``
         (default ``output_size``) sampled over the frame (see :func:`~hcframe_parsing.frames.sample_frame_grid`)."""
-        x, placement = self._prepare(frames)
-        out = self.model.parse(x)
-        size = output_size or frames.shape[-2:]
-        return logits_to_frame_grid(out["fusion"], placement, size), sample_frame_grid(out["context"], placement, feature_size or size)
+        with teacher_precision(frames.device, self.precision):
+            x, placement = self._prepare(frames)
+            out = self.model.parse(x)
+            size = output_size or frames.shape[-2:]
+            fusion, context = out["fusion"].float(), out["context"].float()
+            return logits_to_frame_grid(fusion, placement, size), sample_frame_grid(context, placement, feature_size or size)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import Tensor
 
 import hcframe
 from hcframe_parsing.frames import RESIZE_MODES, logits_to_frame_grid, normalise, place_frames
+from hcframe_parsing.precision import check_precision, teacher_precision
 from hcframe_parsing.schp import sha256_of_file
 
 __all__ = ["TorchScriptTeacher"]
@@ -28,6 +29,8 @@ class TorchScriptTeacher(hcframe.Teacher):
         mean, std: per-channel normalisation, given in the parser's channel order, applied to
             ``[0, 1]`` pixels.
         resize_mode: ``"letterbox"`` (aspect kept, black padding) or ``"resize"`` (plain resize).
+        precision: ``"fp32"`` (default) or ``"bf16"`` (autocast; an opt-in meant for CUDA), see
+            :mod:`hcframe_parsing.precision`. Part of :meth:`identity`.
 
     Outputs are mapped back onto the frame grid as for every teacher (see :mod:`hcframe_parsing.frames`).
     """
@@ -41,6 +44,7 @@ class TorchScriptTeacher(hcframe.Teacher):
         mean: list[float] = [0.485, 0.456, 0.406],  # noqa: B006 - never mutated; shown in recipes
         std: list[float] = [0.229, 0.224, 0.225],  # noqa: B006
         resize_mode: str = "letterbox",
+        precision: Literal["fp32", "bf16"] = "fp32",
     ) -> None:
         super().__init__()
         if not os.path.isfile(path):
@@ -55,6 +59,7 @@ class TorchScriptTeacher(hcframe.Teacher):
             raise ValueError(f"teacher.mean and teacher.std need 3 values each (std > 0), got {list(mean)} and {list(std)}")
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"teacher.resize_mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        self.precision = check_precision(precision)
         try:
             with warnings.catch_warnings():
                 # torch >= 2.9 marks TorchScript deprecated; exported parsers are still TorchScript files.
@@ -82,12 +87,14 @@ class TorchScriptTeacher(hcframe.Teacher):
             "mean": list(self.mean),
             "std": list(self.std),
             "label_names": list(self.label_names),
+            "precision": self.precision,
         }
 
     def forward(self, frames: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
-        placed, placement = place_frames(frames.float(), self.input_size, self.resize_mode)
-        logits = self.module(normalise(placed, self.mean, self.std, self.channel_order))
-        if not isinstance(logits, Tensor) or logits.dim() != 4 or logits.shape[1] != self.num_classes:
-            got = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"{self.path}: the TorchScript parser must return [N, {self.num_classes}, h, w] logits, got {got}")
-        return logits_to_frame_grid(logits, placement, output_size or frames.shape[-2:])
+        with teacher_precision(frames.device, self.precision):
+            placed, placement = place_frames(frames.float(), self.input_size, self.resize_mode)
+            logits = self.module(normalise(placed, self.mean, self.std, self.channel_order))
+            if not isinstance(logits, Tensor) or logits.dim() != 4 or logits.shape[1] != self.num_classes:
+                got = list(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+                raise ValueError(f"{self.path}: the TorchScript parser must return [N, {self.num_classes}, h, w] logits, got {got}")
+            return logits_to_frame_grid(logits.float(), placement, output_size or frames.shape[-2:])
