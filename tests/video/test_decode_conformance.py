@@ -20,7 +20,7 @@ import pytest
 from hcframe.data import BadVideo
 from hcframe_video.check import scan_video, videos_in_folder
 from hcframe_video.clips import VideoClipDataset
-from hcframe_video.datasets import VIDEO_EXTENSIONS, VideoFolder
+from hcframe_video.datasets import VIDEO_EXTENSIONS, VideoFolder, VideoList
 from hcframe_video.decode import decode_boxes, decode_frames, probe_video
 from hcframe_video.prepare import transcode_video
 
@@ -247,23 +247,27 @@ def test_training_and_test_views_show_their_frame_indices(matrix, case):
 def test_no_valid_file_is_reported_bad_and_every_container_is_found(matrix, tmp_path):
     for ext in (".ts", ".mkv", ".webm", ".avi", ".mp4"):
         assert ext in VIDEO_EXTENSIONS
+    # check-videos' scan passes every file, and a video list of all of them in test mode (the
+    # last clip ends on the last frame) gives no bad video.
     for case in CASES:
         path, _ = case_file(matrix, case)
         assert scan_video(path) == (path, None), case
-    # A video folder of every file of the matrix: every container is discovered by default, and
-    # the test views (the last clip ends on the last frame) of every video decode.
+    listing = tmp_path / "videos.txt"
+    listing.write_text("".join(f"{CASES[case][0]} 0\n" for case in CASES))
+    videos = VideoList(str(listing), root=str(matrix), clip_len=8, stride=2, mode="test", num_clips=3, num_crops=1,
+                       crop_size=24)
+    for i in range(len(videos)):
+        sample = videos[i]
+        assert not isinstance(sample, BadVideo), sample
+        assert sample["frame_indices"][-1, -1] == videos.video_info(i).num_frames - 1
+    # A video folder finds every file of the datasets' containers by default.
     folder = tmp_path / "folder"
     found = [case for case in CASES if Path(CASES[case][0]).suffix in VIDEO_EXTENSIONS]
-    assert len(found) == len(CASES) - 2
+    assert len(found) == len(CASES) - 2  # all but the .mpg and .h264 files
     for case in found:
         source = Path(case_file(matrix, case)[0])
         target = folder / "cls" / f"{case}{source.suffix}"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(source)
     assert len(videos_in_folder(str(folder))) == len(found)
-    dataset = VideoFolder(str(folder), clip_len=8, stride=2, mode="test", num_clips=3, num_crops=1, crop_size=24)
-    assert len(dataset) == len(found)
-    for i in range(len(dataset)):
-        sample = dataset[i]
-        assert not isinstance(sample, BadVideo), sample
-        assert sample["frame_indices"][-1, -1] == dataset.video_info(i).num_frames - 1
+    assert len(VideoFolder(str(folder), mode="test", crop_size=24)) == len(found)

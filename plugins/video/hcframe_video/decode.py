@@ -213,7 +213,7 @@ class _PacketScan:
 
 def _scan_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _PacketScan:
     demuxed, lead, without_pts = 0, 0, 0
-    stamps: list[int] = []
+    stamps: list[int | None] = []
     is_key: list[bool] = []
     for packet in container.demux(stream):
         pts, dts = packet.pts, packet.dts
