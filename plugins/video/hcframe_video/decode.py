@@ -32,8 +32,12 @@ Seeking
     pts) and decodes forward. The first decoded frame's number tells where the demuxer really
     landed: if it is past ``i`` (MPEG-TS seeks by decode time and can land after the keyframe,
     or past the end of the stream), it seeks again earlier by the stream's largest pts - dts lead
-    (the B-frame delay), and as a last resort decodes from the start of the file. A frame is
-    never served from the wrong place; a badly seeking file only costs time.
+    (the B-frame delay), and as a last resort decodes from the start of the file. A frame decoded
+    after a seek whose pts is no presented frame's (MPEG program streams guess timestamps after a
+    seek) makes the reader give up seeking in that file and read on from the top, numbering by
+    pts and, where a pts is missing or unknown there, by output order. Streams without any pts
+    (raw elementary streams) are always read from the top and numbered by output order. A frame
+    is never served from the wrong place; a badly seeking file only costs time.
 
 What one read costs
     :func:`decode_frames` seeks to the keyframe at or before the first wanted frame, decodes up to
