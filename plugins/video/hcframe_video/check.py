@@ -16,7 +16,8 @@ __all__ = ["check_videos_command", "scan_video", "videos_in_folder"]
 def scan_video(path: str) -> tuple[str, str | None]:
     """Decode every frame of ``path`` (no colour conversion). Returns ``(path, None)`` for a good
     video, ``(path, reason)`` for a bad one: cannot open, no video stream, decoder error, no frames,
-    or fewer frames than the container states (truncated)."""
+    fewer packets than the container states, or fewer decoded frames than the stream presents
+    (both: truncated)."""
     try:
         if os.path.getsize(path) == 0:
             return path, "empty file (0 bytes)"
@@ -32,7 +33,7 @@ def scan_video(path: str) -> tuple[str, str | None]:
         if decoded == 0:
             return path, "no frame could be decoded"
         if decoded < info.num_frames - END_TOLERANCE:
-            return path, f"truncated: decoded {decoded} of the {info.num_frames} frames the container states"
+            return path, f"truncated: decoded {decoded} of the {info.num_frames} frames the stream holds"
         return path, None
     except DecodeError as exc:
         return path, str(exc)

@@ -1,11 +1,43 @@
 """PyAV decoding of exactly the frames a clip needs.
 
 Frame numbers
-    A frame's number is ``round((pts - first_pts) * time_base * average_rate)``: its presentation
-    time expressed in frames of the stream's average rate, counted from the stream's start. This
-    matches the order of frames on screen for every container we read (AVI, MP4, MKV) and does
-    not depend on where decoding started, so a clip decoded after a seek and the same frames
-    decoded from the start of the file get the same numbers.
+    Frame ``i`` of a video is the ``i``-th frame it presents: the ``i``-th picture a player shows,
+    and the ``i``-th frame of decoding the whole file from its start and sorting the frames by
+    presentation time (PyAV's ``container.decode`` already yields them in that order). Clip
+    sampling, the test views and part-map caches all count frames this way.
+
+    :func:`probe_video` makes this exact without decoding: it demuxes the stream once (reading
+    packets only) and sorts the presentation timestamps (pts) of the packets from the first
+    keyframe on; frame ``i`` is the frame with the ``i``-th smallest pts. Packets before the first
+    keyframe (a stream cut mid-GOP) and packets marked *discard* (MP4 edit-list pre-roll) are not
+    presented frames. This does not depend on
+
+    - B-frames (packets arrive in decode order; MPEG-4 Part 2 AVIs with B-frames, as Xvid writes
+      them, present their first frame at pts 1, not at the stream's start time 0),
+    - a stream that starts at a non-zero time (MPEG-TS starts at 0.08 s or at any broadcast clock),
+    - a variable frame rate (frame ``i`` is not ``i / fps`` seconds in),
+
+    and ``num_frames`` is the number of presented frames the scan found, not the container's
+    stated count or its duration. A container that states more frames than it holds (by more than
+    :data:`END_TOLERANCE`) is a cut-off file and raises :class:`DecodeError` ("truncated").
+
+    For constant-rate video the pts are ``first + round(i * step)`` with ``step`` one frame
+    period in pts units; :func:`probe_video` checks that for every frame and then keeps only
+    ``first`` and ``step``. Otherwise (variable rate, irregular timestamps) it keeps the sorted
+    pts, 8 bytes a frame. Decoded frames are numbered by looking their pts up the same way, so a
+    frame's number never depends on where decoding started.
+
+Seeking
+    To read frame ``i`` the decoder seeks to the keyframe at or before ``i`` (by that keyframe's
+    pts) and decodes forward. The first decoded frame's number tells where the demuxer really
+    landed: if it is past ``i`` (MPEG-TS seeks by decode time and can land after the keyframe,
+    or past the end of the stream), it seeks again earlier by the stream's largest pts - dts lead
+    (the B-frame delay), and as a last resort decodes from the start of the file. A frame decoded
+    after a seek whose pts is no presented frame's (MPEG program streams guess timestamps after a
+    seek) makes the reader give up seeking in that file and read on from the top, numbering by
+    pts and, where a pts is missing or unknown there, by output order. Streams without any pts
+    (raw elementary streams) are always read from the top and numbered by output order. A frame
+    is never served from the wrong place; a badly seeking file only costs time.
 
 What one read costs
     :func:`decode_frames` seeks to the keyframe at or before the first wanted frame, decodes up to
@@ -24,9 +56,10 @@ Threads
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import attrs
 import av
@@ -53,7 +86,7 @@ __all__ = [
 
 
 #: Video file extensions, in the order tried when a listed file is absent (prepared copies are .mp4).
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".ts")
 
 
 class DecodeError(RuntimeError):
@@ -62,25 +95,90 @@ class DecodeError(RuntimeError):
 
 @attrs.frozen
 class VideoInfo:
-    """What sampling needs to know about a video's first video stream."""
+    """What sampling needs to know about a video's first video stream (frame numbers: see the
+    module docstring)."""
 
-    num_frames: int
+    num_frames: int  # presented frames
     average_rate: Fraction  # frames per second
     time_base: Fraction  # seconds per pts unit
-    first_pts: int  # pts of frame 0
+    first_pts: int  # pts of frame 0 (the first presented frame)
     width: int
     height: int
-    frames_counted: bool  # True when the container did not state a frame count and we demuxed to count
-    demuxed_frames: int = 0  # packets found by demuxing (less than num_frames: a truncated file)
+    frames_counted: bool  # True when the container did not state a frame count
+    demuxed_frames: int = 0  # packets found by demuxing (the container may state more: a truncated file)
     keyframes: tuple[int, ...] = ()  # frame numbers of the keyframes, sorted (empty: unknown)
+    #: pts units per frame when frame i has pts ``first_pts + round(i * pts_step)`` (checked for
+    #: every frame); ``None``: the pts are in ``pts_table``.
+    pts_step: Fraction | None = None
+    #: The sorted pts of all frames as int64 bytes, when no ``pts_step`` fits (variable rate).
+    pts_table: bytes = b""
+    #: The largest ``pts - dts`` of the stream's packets (the B-frame reordering delay), in pts
+    #: units: how much earlier to seek when a demuxer seeks by decode time.
+    seek_lead: int = 0
+    #: Some packets carry no pts: frames are numbered in the order the decoder outputs them
+    #: (presentation order), always reading from the top of the file (``keyframes`` is empty).
+    numbered_by_output_order: bool = False
+
+    def step(self) -> Fraction:
+        """pts units per frame of the constant-rate model (the stated rate when none was checked)."""
+        return self.pts_step if self.pts_step is not None else 1 / (self.average_rate * self.time_base)
+
+    def pts_of_frame(self, index: int) -> int:
+        """The pts of frame ``index``."""
+        if self.pts_table:
+            return int(np.frombuffer(self.pts_table, np.int64)[index])
+        return self.first_pts + _round_half_up(index * self.step())
+
+    def frame_numberer(self) -> Callable[[int], int | None]:
+        """A function from a decoded frame's pts to its frame number: below 0 for a frame shown
+        before frame 0 (a leading frame of an open GOP), ``>= num_frames`` after the last frame,
+        and ``None`` for a pts between frames that no presented frame has (timestamps that a
+        demuxer guessed after a seek, as MPEG program streams do: not to be trusted)."""
+        if self.pts_table:
+            table = np.frombuffer(self.pts_table, np.int64).tolist()
+            last = len(table) - 1
+
+            def from_table(pts: int) -> int | None:
+                k = bisect.bisect_left(table, pts)
+                if k > last:
+                    return last + 1
+                if table[k] == pts:
+                    return k
+                return -1 if k == 0 else None
+
+            return from_table
+        step = self.step()
+        first, p, q = self.first_pts, step.numerator, step.denominator
+        frames_per_pts = float(1 / step)  # float: Fractions cost ~5 us a frame
+
+        def from_step(pts: int) -> int | None:
+            k = int(round((pts - first) * frames_per_pts))
+            return k if first + (2 * k * p + q) // (2 * q) == pts else None
+
+        return from_step
 
 
-def _frame_of_pts(pts: int, info: VideoInfo) -> int:
-    return int(round(float((pts - info.first_pts) * info.time_base * info.average_rate)))
+def _round_half_up(value: Fraction) -> int:
+    return (2 * value.numerator + value.denominator) // (2 * value.denominator)
 
 
-def _pts_of_frame(index: int, info: VideoInfo) -> int:
-    return info.first_pts + int(Fraction(index) / (info.average_rate * info.time_base))
+def _fit_pts_step(stamps: np.ndarray, rates: Sequence[Fraction], time_base: Fraction) -> Fraction | None:
+    """The first of ``rates`` whose frame period (in pts units) gives exactly the sorted pts
+    ``stamps`` as ``stamps[0] + round(i * step)`` and back (see :meth:`VideoInfo.frame_numberer`)."""
+    n = len(stamps)
+    k = np.arange(n, dtype=np.int64)
+    for rate in rates:
+        step = 1 / (Fraction(rate) * time_base)
+        p, q = step.numerator, step.denominator
+        if step < 1 or 2 * n * p + q >= 2**62:  # below one pts unit a frame, or int64 overflow
+            continue
+        model = stamps[0] + (2 * k * p + q) // (2 * q)
+        if not np.array_equal(model, stamps):
+            continue
+        back = np.rint((stamps - stamps[0]) * float(1 / step))
+        if np.array_equal(back, k):
+            return step
+    return None
 
 
 def open_video(path: str) -> av.container.InputContainer:
@@ -106,56 +204,95 @@ def video_stream(container: av.container.InputContainer) -> av.video.stream.Vide
     return stream
 
 
+@attrs.frozen
+class _PacketScan:
+    """What one demux pass over a video stream found (see :func:`_scan_packets`)."""
+
+    demuxed: int  # packets in the stream, empty ones included (a container's stated count counts them)
+    stamps: list[int | None]  # pts of the packets that are pictures, decode order (dts where a pts is missing)
+    is_key: list[bool]  # keyframe flag of each of those packets
+    without_pts: int  # how many of them had no pts
+    lead: int  # the largest pts - dts
+
+
+def _scan_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> _PacketScan:
+    demuxed, lead, without_pts = 0, 0, 0
+    stamps: list[int | None] = []
+    is_key: list[bool] = []
+    for packet in container.demux(stream):
+        pts, dts = packet.pts, packet.dts
+        if pts is None and dts is None and packet.size == 0:  # the flush packet at the end
+            continue
+        demuxed += 1
+        if pts is not None and dts is not None and pts - dts > lead:
+            lead = pts - dts
+        # Empty packets (AVI dropped-frame placeholders) and pre-roll packets are not shown.
+        if packet.size == 0 or packet.is_discard:
+            continue
+        stamps.append(pts if pts is not None else dts)  # None: an elementary stream without timestamps
+        is_key.append(packet.is_keyframe)
+        without_pts += pts is None
+    return _PacketScan(demuxed, stamps, is_key, without_pts, lead)
+
+
+def _presented(scan: _PacketScan) -> tuple[list[int], list[int]]:
+    """The stamps of the presented frames (decode order) and those of the keyframes among them.
+
+    Frames before the first keyframe in decode order, or shown before it, cannot be decoded from
+    the start of the file: a player starts at the first keyframe. Without keyframe flags every
+    frame counts, and without pts the keyframes are not used (reading starts at the top)."""
+    if True not in scan.is_key:
+        return scan.stamps, []
+    start = scan.is_key.index(True)
+    if scan.without_pts:
+        return scan.stamps[start:], []
+    first = scan.stamps[start]
+    kept = [(s, k) for s, k in zip(scan.stamps[start:], scan.is_key[start:]) if s >= first]
+    return [s for s, _ in kept], [s for s, k in kept if k]
+
+
 def probe_video(path: str) -> VideoInfo:
-    """Read a video's frame count, rate, size and keyframe positions. Demuxes the stream once
-    (reading packets, no decoding) to find the keyframes, and to count the frames when the
-    container does not state their number (e.g. Matroska/WebM). Raises :class:`DecodeError`."""
+    """Read a video's frame count, rate, size, keyframe positions and frame timestamps. Demuxes
+    the stream once (reading packets, no decoding); frame numbers and the count are the
+    presented frames (see the module docstring). Raises :class:`DecodeError`."""
     with open_video(path) as container:
         stream = video_stream(container)
         try:
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            if not rate:
+            rates = [Fraction(r) for r in (stream.average_rate, stream.guessed_rate, stream.base_rate) if r]
+            if not rates:
                 raise DecodeError("the video stream has no frame rate")
-            time_base = stream.time_base
-            if time_base is None:
+            if stream.time_base is None:
                 raise DecodeError("the video stream has no time base")
+            time_base = Fraction(stream.time_base)
             stated = int(stream.frames or 0)
             width, height = stream.codec_context.width, stream.codec_context.height
-            demuxed = 0
-            stamps, key_stamps = [], []
-            for packet in container.demux(stream):
-                if packet.size == 0:  # the flush packet at the end
-                    continue
-                demuxed += 1
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is not None:
-                    stamps.append(stamp)
-                    if packet.is_keyframe:
-                        key_stamps.append(stamp)
+            scan = _scan_packets(container, stream)
         except av.FFmpegError as exc:
             raise DecodeError(f"cannot read the stream: {one_line_error(exc)}") from exc
-    if stream.start_time is not None:
-        first_pts = int(stream.start_time)
-    else:
-        first_pts = min(stamps) if stamps else 0
-    num_frames = stated if stated > 0 else demuxed
-    if num_frames <= 0:
-        raise DecodeError("the video stream has no frames")
     if width <= 0 or height <= 0:
         raise DecodeError(f"the video stream has an invalid size {width}x{height}")
-    info = VideoInfo(
-        num_frames=num_frames,
-        average_rate=Fraction(rate),
-        time_base=Fraction(time_base),
-        first_pts=first_pts,
-        width=width,
-        height=height,
-        frames_counted=stated <= 0,
-        demuxed_frames=demuxed,
-        keyframes=(),
+    if stated > scan.demuxed + END_TOLERANCE:
+        raise DecodeError(f"truncated: the container states {stated} frames but holds {scan.demuxed} (is the file cut short?)")
+    stamps, key_stamps = _presented(scan)
+    if not stamps:
+        raise DecodeError("the video stream has no frames")
+    common = dict(
+        average_rate=rates[0], time_base=time_base, width=width, height=height, frames_counted=stated <= 0,
+        demuxed_frames=scan.demuxed, seek_lead=scan.lead,
+    )  # fmt: skip
+    if scan.without_pts:
+        return VideoInfo(num_frames=len(stamps), first_pts=0, numbered_by_output_order=True, **common)
+    frame_pts = np.unique(np.asarray(stamps, dtype=np.int64))  # sorted: presentation order
+    step = _fit_pts_step(frame_pts, rates, time_base)
+    keyframes = np.unique(np.searchsorted(frame_pts, np.asarray(key_stamps, dtype=np.int64)))
+    return VideoInfo(
+        num_frames=len(frame_pts),
+        first_pts=int(frame_pts[0]),
+        keyframes=tuple(int(k) for k in keyframes),
+        pts_step=step,
+        pts_table=b"" if step is not None else frame_pts.tobytes(),
+        **common,
     )
-    keyframes = tuple(sorted({_frame_of_pts(p, info) for p in key_stamps}))
-    return attrs.evolve(info, keyframes=keyframes)
 
 
 def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -175,36 +312,100 @@ SCALER_THREADS = 1
 END_TOLERANCE = 2
 
 
-def _iterate_from(container, stream, info: VideoInfo, first: int) -> Iterable[tuple[int, av.VideoFrame]]:
-    """Yield ``(frame number, frame)`` starting at the keyframe at or before frame ``first``."""
-    if first > 0:
-        container.seek(_pts_of_frame(first, info), stream=stream, backward=True, any_frame=False)
-    frames_per_pts = float(info.time_base * info.average_rate)  # float: Fractions cost ~5 us a frame
-    first_pts = info.first_pts
-    landed = False
-    counter = 0
-    for frame in container.decode(stream):
-        pts = frame.pts
-        index = int(round((pts - first_pts) * frames_per_pts)) if pts is not None else counter
-        counter = index + 1
-        if not landed:
-            landed = True
-            if index > first:
-                # The demuxer landed after the wanted frame (imprecise index): restart from the top.
-                container.seek(first_pts, stream=stream, backward=True, any_frame=False)
-                yield from _iterate_from_start(container, stream, info)
-                return
-        yield index, frame
+class _UntrustedTimestamps(Exception):
+    """A frame decoded after a seek carries a pts that no presented frame has."""
 
 
-def _iterate_from_start(container, stream, info: VideoInfo) -> Iterable[tuple[int, av.VideoFrame]]:
-    frames_per_pts = float(info.time_base * info.average_rate)
-    counter = 0
-    for frame in container.decode(stream):
-        pts = frame.pts
-        index = int(round((pts - info.first_pts) * frames_per_pts)) if pts is not None else counter
-        counter = index + 1
-        yield index, frame
+class _FrameReader:
+    """One open file, read in presentation order with numbered frames (see the module docstring,
+    "Seeking"). ``frames_from(first)`` yields ``(frame number, frame)`` from a point at or before
+    frame ``first``; the container is reused across calls."""
+
+    def __init__(self, path: str, info: VideoInfo) -> None:
+        self.path, self.info = path, info
+        self.number_of = info.frame_numberer()
+        self.container = open_video(path)
+        self.stream = video_stream(self.container)
+        self.at_top = True  # nothing demuxed yet
+        self.seekable = bool(info.keyframes) and not info.numbered_by_output_order
+        self.seek_early = False  # this file's demuxer landed late once: seek by decode time at once
+        self.reading = None  # the decoding from the top in progress, when not seeking
+        self.position = -1  # the number of the last frame it yielded
+
+    def close(self) -> None:
+        self.container.close()
+
+    def __enter__(self) -> "_FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _decode(self, from_top: bool) -> Iterator[tuple[int, av.VideoFrame]]:
+        """Decoded frames with their numbers. From the top of the file a frame whose pts cannot
+        be looked up is numbered by its position in the output (the definition itself); after a
+        seek it raises :class:`_UntrustedTimestamps`."""
+        self.at_top = False
+        number_of, by_order, count = self.number_of, self.info.numbered_by_output_order, 0
+        for frame in self.container.decode(self.stream):
+            pts = frame.pts
+            index = number_of(pts) if pts is not None and not by_order else None
+            if index is None:
+                if not from_top:
+                    raise _UntrustedTimestamps
+                index = count
+            count += 1
+            if from_top:
+                self.position = index
+            yield index, frame
+
+    def _from_top(self) -> Iterator[tuple[int, av.VideoFrame]]:
+        if not self.at_top:  # a fresh container: no seek to trust
+            self.container.close()
+            self.container = open_video(self.path)
+            self.stream = video_stream(self.container)
+        self.position = -1
+        return self._decode(from_top=True)
+
+    def _seek(self, first: int, keyframe: int) -> Iterator[tuple[int, av.VideoFrame]] | None:
+        """Frames from a seek to ``keyframe`` that landed at or before frame ``first``; ``None``
+        when no seek does."""
+        key_pts = self.info.pts_of_frame(keyframe)
+        lead = self.info.seek_lead
+        targets = [key_pts, key_pts - lead] if lead > 0 else [key_pts]
+        if self.seek_early:
+            targets = targets[1:]
+        for attempt, target in enumerate(targets):
+            try:
+                self.container.seek(target, stream=self.stream, backward=True, any_frame=False)
+            except av.FFmpegError:
+                return None
+            frames = self._decode(from_top=False)
+            landed = next(frames, None)
+            if landed is not None and landed[0] <= first:
+                return itertools.chain([landed], frames)
+            if attempt == 0 and len(targets) > 1:
+                self.seek_early = True
+        return None
+
+    def frames_from(self, first: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        keyframes = self.info.keyframes
+        keyframe = keyframes[max(0, bisect.bisect_right(keyframes, first) - 1)] if keyframes else 0
+        if self.seekable and not (self.at_top and keyframe == 0):
+            self.reading = None  # a seek moves the container
+            try:
+                frames = self._seek(first, keyframe)
+                if frames is not None:
+                    for item in frames:  # a for loop, not "yield from": closing this must not close frames
+                        yield item
+                    return
+            except _UntrustedTimestamps:
+                self.seekable = False  # this demuxer's timestamps after a seek are guesses: read on from the top
+        # Without a usable seek: continue the read from the top if it has not passed frame first.
+        if self.reading is None or self.position >= first:
+            self.reading = self._from_top()
+        for item in self.reading:
+            yield item
 
 
 def _check_wanted(wanted: Sequence[int], info: VideoInfo) -> list[int]:
@@ -216,20 +417,22 @@ def _check_wanted(wanted: Sequence[int], info: VideoInfo) -> list[int]:
     return unique
 
 
-def _wanted_frames(container, stream, info: VideoInfo, unique: list[int]) -> Iterable[tuple[list[int], av.VideoFrame]]:
+def _wanted_frames(reader: _FrameReader, unique: list[int]) -> Iterable[tuple[list[int], av.VideoFrame]]:
     """Decode the sorted frame numbers ``unique`` (seeking between segments, see
     :func:`plan_segments`); yield ``(numbers, frame)``: the decoded frame shown for those wanted
-    numbers (usually one; frame numbers a variable-rate stream skips take the next frame shown).
+    numbers (usually one; a number whose frame the decoder does not output takes the next frame
+    shown).
 
-    If the stream ends less than :data:`END_TOLERANCE` frames before the stated frame count, the
-    remaining numbers get the last decoded frame (a container that over-states its count); an
+    If the stream ends less than :data:`END_TOLERANCE` frames before ``num_frames``, the
+    remaining numbers get the last decoded frame (a decoder that drops the last frames); an
     earlier end raises :class:`DecodeError` (a truncated file), as does any decoder error.
     """
+    info = reader.info
     last_decoded, last_frame, served = -1, None, 0
     try:
         for segment in plan_segments(unique, info.keyframes):
             pos = 0
-            for index, frame in _iterate_from(container, stream, info, segment[0]):
+            for index, frame in reader.frames_from(segment[0]):
                 last_decoded, last_frame = index, frame
                 if segment[pos] <= index:
                     numbers = []
@@ -250,7 +453,7 @@ def _wanted_frames(container, stream, info: VideoInfo, unique: list[int]) -> Ite
         else:
             raise DecodeError(
                 f"truncated: the stream ended after frame {last_decoded} but frame {unique[served]} was needed "
-                f"(the container states {info.num_frames} frames)"
+                f"(the stream holds {info.num_frames} frames)"
             )
 
 
@@ -313,9 +516,8 @@ def decode_frames(
     frames = np.empty((len(unique), height, width, 3), dtype=np.uint8)
     slot = {index: k for k, index in enumerate(unique)}
     reformatter = VideoReformatter()  # keeps its scaling context between frames
-    with open_video(path) as container:
-        stream = video_stream(container)
-        for numbers, frame in _wanted_frames(container, stream, info, unique):
+    with _FrameReader(path, info) as reader:
+        for numbers, frame in _wanted_frames(reader, unique):
             rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24", interpolation=INTERPOLATION, threads=SCALER_THREADS).to_ndarray()
             for index in numbers:
                 frames[slot[index]] = rgb
@@ -344,9 +546,8 @@ def decode_boxes(
         for t, index in enumerate(indices):
             requests.setdefault(int(index), []).append((v, t))
     reformatter, cutter = VideoReformatter(), BoxCutter()
-    with open_video(path) as container:
-        stream = video_stream(container)
-        for numbers, frame in _wanted_frames(container, stream, info, unique):
+    with _FrameReader(path, info) as reader:
+        for numbers, frame in _wanted_frames(reader, unique):
             converted: dict[tuple[int, int, int, int], np.ndarray] = {}
             for index in numbers:
                 for v, t in requests[index]:
@@ -397,10 +598,9 @@ def decode_spans_without_conversion(path: str, spans: Sequence[tuple[int, int]],
     seek to the keyframe at or before ``first`` and decode up to ``last``, without colour
     conversion. Returns the number of frames decoded."""
     decoded = 0
-    with open_video(path) as container:
-        stream = video_stream(container)
+    with _FrameReader(path, info) as reader:
         for first, last in spans:
-            for index, _frame in _iterate_from(container, stream, info, first):
+            for index, _frame in reader.frames_from(first):
                 decoded += 1
                 if index >= last:
                     break

@@ -3,8 +3,9 @@
 Every video under SRC (by extension) becomes ``DST/<same relative path with .mp4>``: H.264
 (yuv420p, ``tune=fastdecode``, no B-frames, CRF 23), short side ``--short-side`` (long side scaled to keep the aspect, rounded to even, as
 H.264 needs), a keyframe every ``--keyframe-interval`` frames, no audio, the source's average frame
-rate with frames renumbered 0, 1, 2, ... in display order (so frame numbers match the source's for
-constant-rate video). Every other file (split lists, CSVs, class indices) is copied as is. The
+rate with frames renumbered 0, 1, 2, ... in display order (so frame ``i`` of the copy is frame
+``i`` of the source, as :mod:`hcframe_video.decode` numbers frames; a variable-rate source
+becomes constant-rate). Every other file (split lists, CSVs, class indices) is copied as is. The
 datasets find ``name.mp4`` when a split file lists ``name.avi`` (see :mod:`hcframe_video.datasets`).
 
 Resumable: an output that exists is finished (outputs are written under a temporary name and
