@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hcframe_contrastive import ProjectionMLP, contrastive_logits, info_nce, nt_xent, nt_xent_logits
+from hcframe_contrastive import GlobalBatchNorm1d, ProjectionMLP, contrastive_logits, info_nce, nt_xent, nt_xent_logits
 
 
 def _unit(row: list[float]) -> list[float]:
@@ -168,6 +168,20 @@ def test_projection_mlp_shapes_and_normalisation(num_layers, batch_norm):
     assert not torch.allclose(raw.norm(dim=1), torch.ones(5))
     with pytest.raises(ValueError, match="num_layers"):
         ProjectionMLP(12, num_layers=0)
+
+
+def test_global_batch_norm_head_is_plain_batch_norm_in_one_process():
+    torch.manual_seed(0)
+    plain = ProjectionMLP(12, hidden_dim=20, out_dim=7)
+    global_bn = ProjectionMLP(12, hidden_dim=20, out_dim=7, global_batch_norm=True)
+    assert any(isinstance(m, GlobalBatchNorm1d) for m in global_bn.modules())
+    global_bn.load_state_dict(plain.state_dict())  # same state dict: checkpoints move freely
+    x = torch.randn(9, 12)
+    for mode in (True, False):
+        plain.train(mode)
+        global_bn.train(mode)
+        assert torch.equal(plain(x), global_bn(x))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), global_bn.state_dict().values()))
 
 
 @pytest.mark.parametrize("form", ["symmetric", "queue"])
