@@ -17,13 +17,16 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from hcframe import TaskInput
-from hcframe_contrastive import MoCoTask, NegativeQueue, SimCLRTask, info_nce, shuffled_forward
+from hcframe_contrastive import GlobalBatchNorm1d, MoCoTask, NegativeQueue, SimCLRTask, info_nce, nt_xent, shuffled_forward
 
 WORLD = 2
 BATCH = 4  # per rank
 DIM = 6
 TEMPERATURE = 0.1
 SHUFFLE_SEED = 11
+BN_ROWS = (3, 5)  # per-rank batch sizes of the global batch-norm check: ranks may differ
+BN_CHANNELS = 4
+NEGATIVES = ("both_views", "cross_view")
 
 
 def global_data():
@@ -33,6 +36,29 @@ def global_data():
     x = torch.randn(WORLD * BATCH, DIM, generator=g, dtype=torch.float64) * 3 + 1
     features = torch.randn(2, WORLD * BATCH, 5, generator=g)
     return q, k, x, features
+
+
+def bn_data():
+    """Inputs of the global batch-norm check, an affine transform and per-entry loss weights."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(sum(BN_ROWS), BN_CHANNELS, generator=g, dtype=torch.float64) * 2 + 0.5
+    weight = 1 + torch.rand(BN_CHANNELS, generator=g, dtype=torch.float64)
+    bias = torch.randn(BN_CHANNELS, generator=g, dtype=torch.float64)
+    loss_weights = torch.randn(sum(BN_ROWS), BN_CHANNELS, generator=g, dtype=torch.float64)
+    return x, weight, bias, loss_weights
+
+
+def bn_loss(out, loss_weights):
+    """A loss that is a sum over rows (so the rank losses add up to the global one), nonlinear."""
+    return (loss_weights * out + 0.3 * out**3).sum()
+
+
+def make_global_bn(weight, bias):
+    bn = GlobalBatchNorm1d(BN_CHANNELS, momentum=0.3).double()
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    return bn
 
 
 class PooledOutput:
@@ -77,16 +103,45 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         bn = nn.BatchNorm1d(DIM, affine=False).double()
         result["shuffled"] = shuffled_forward(bn, x[local], seed=SHUFFLE_SEED)
 
-        # SimCLR task without batch norm in the head: the same loss and head gradient as 1 process
-        torch.manual_seed(5)
-        simclr = SimCLRTask(temperature=TEMPERATURE, batch_norm=False, hidden_dim=8, out_dim=4)
-        simclr.setup(nn.Identity(), 5)
-        views = [features[0][local].clone().requires_grad_(), features[1][local].clone().requires_grad_()]
-        out = simclr(TaskInput({"views": views}, [PooledOutput(v) for v in views], nn.Identity(), 0, 1))
-        out.total.backward()
-        result["simclr_loss"] = out.total.detach()
-        result["simclr_head_grads"] = [p.grad.clone() for p in simclr.parameters()]
-        result["simclr_view_grads"] = [v.grad.clone() for v in views]
+        # NT-Xent over the gathered global batch, both views as negatives
+        ql = q[local].clone().requires_grad_()
+        kl = k[local].clone().requires_grad_()
+        loss = nt_xent(ql, kl, TEMPERATURE)
+        loss.backward()
+        result["nt_xent_loss"] = loss.detach()
+        result["nt_xent_grads"] = [ql.grad, kl.grad]
+
+        # Global batch norm, ranks holding different batch sizes
+        bx, bw, bb, blw = bn_data()
+        rows = slice(sum(BN_ROWS[:rank]), sum(BN_ROWS[: rank + 1]))
+        bn = make_global_bn(bw, bb)
+        xl = bx[rows].clone().requires_grad_()
+        out = bn(xl)
+        bn_loss(out, blw[rows]).backward()
+        result["bn_out"] = out.detach()
+        result["bn_grads"] = [xl.grad, bn.weight.grad, bn.bias.grad]
+        result["bn_running"] = [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+        bn.eval()
+        result["bn_eval_out"] = bn(bx[rows]).detach()
+        try:  # why GlobalBatchNorm1d exists: PyTorch's SyncBatchNorm refuses CPU tensors here
+            nn.SyncBatchNorm(BN_CHANNELS).double()(bx[rows])
+            result["torch_sync_bn_error"] = ""
+        except ValueError as exc:
+            result["torch_sync_bn_error"] = str(exc)
+
+        # SimCLR task with batch norm in the head (global across ranks): the same loss and head
+        # gradient as 1 process, for both forms of negatives
+        for negatives in NEGATIVES:
+            torch.manual_seed(5)
+            simclr = SimCLRTask(temperature=TEMPERATURE, negatives=negatives, hidden_dim=8, out_dim=4)
+            simclr.setup(nn.Identity(), 5)
+            views = [features[0][local].clone().requires_grad_(), features[1][local].clone().requires_grad_()]
+            out = simclr(TaskInput({"views": views}, [PooledOutput(v) for v in views], nn.Identity(), 0, 1))
+            out.total.backward()
+            result[f"simclr_loss_{negatives}"] = out.total.detach()
+            result[f"simclr_head_grads_{negatives}"] = [p.grad.clone() for p in simclr.parameters()]
+            result[f"simclr_view_grads_{negatives}"] = [v.grad.clone() for v in views]
+            result[f"simclr_running_{negatives}"] = [b.clone() for b in simclr.buffers()]
 
         # One MoCo step: the queue and the key encoder end identical on both ranks
         torch.manual_seed(5)
@@ -199,23 +254,95 @@ def test_shuffled_batch_norm_uses_the_broadcast_permutation(ranks):
         assert not torch.allclose(result["shuffled"], unshuffled)
 
 
-def test_simclr_task_on_two_ranks_trains_like_one_process(ranks):
+def nt_xent_reference(q, k, temperature):
+    """Float64 NT-Xent over the global batch from SimCLR's definition, one anchor at a time."""
+    z = [[v / math.sqrt(sum(x * x for x in r)) for v in r] for r in q.tolist() + k.tolist()]
+    n = len(z) // 2
+    total = 0.0
+    for anchor in range(2 * n):
+        positive = anchor + n if anchor < n else anchor - n
+        logits = {j: sum(x * y for x, y in zip(z[anchor], z[j])) / temperature for j in range(2 * n) if j != anchor}
+        total += math.log(sum(math.exp(v) for v in logits.values())) - logits[positive]
+    return total / (2 * n)
+
+
+def test_gathered_nt_xent_equals_single_process_and_reference(ranks):
+    q, k, _, _ = global_data()
+    qg, kg = q.clone().requires_grad_(), k.clone().requires_grad_()
+    global_loss = nt_xent(qg, kg, TEMPERATURE)
+    global_loss.backward()
+    reference = nt_xent_reference(q, k, TEMPERATURE)
+    rank_losses = [r["nt_xent_loss"].item() for r in ranks]
+    assert rank_losses[0] != pytest.approx(rank_losses[1], rel=1e-6)
+    # every rank's anchors against all 2N candidates: the mean over ranks is the global NT-Xent
+    assert sum(rank_losses) / WORLD == pytest.approx(reference, rel=1e-12)
+    assert global_loss.item() == pytest.approx(reference, rel=1e-12)
+    # without the gather each rank would see only its own 2B - 2 negatives: a smaller loss
+    for r, result in enumerate(ranks):
+        local = slice(r * BATCH, (r + 1) * BATCH)
+        assert nt_xent(q[local], k[local], TEMPERATURE, gather=False).item() < rank_losses[r]
+        for grad, expected in zip(result["nt_xent_grads"], (qg.grad, kg.grad)):
+            assert grad.abs().sum() > 0
+            torch.testing.assert_close(grad / WORLD, expected[local], rtol=1e-10, atol=1e-13)
+
+
+def test_global_batch_norm_equals_one_process_batch_norm_on_the_whole_batch(ranks):
+    x, weight, bias, loss_weights = bn_data()
+    # one process: plain BatchNorm1d over the concatenated batch
+    bn = nn.BatchNorm1d(BN_CHANNELS, momentum=0.3).double()
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+    xg = x.clone().requires_grad_()
+    out = bn(xg)
+    bn_loss(out, loss_weights).backward()
+    bn.eval()
+    eval_out = bn(x)
+    for r, result in enumerate(ranks):
+        rows = slice(sum(BN_ROWS[:r]), sum(BN_ROWS[: r + 1]))
+        torch.testing.assert_close(result["bn_out"], out[rows].detach(), rtol=1e-12, atol=1e-12)
+        # statistics of this rank alone would give another output (the test is not vacuous)
+        alone = nn.functional.batch_norm(x[rows], None, None, weight, bias, training=True)
+        assert not torch.allclose(result["bn_out"], alone, atol=1e-3)
+        # the rank losses add up to the global loss: input gradients equal, parameter gradients sum
+        torch.testing.assert_close(result["bn_grads"][0], xg.grad[rows], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(result["bn_running"][0], bn.running_mean, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(result["bn_running"][1], bn.running_var, rtol=1e-12, atol=1e-14)
+        assert int(result["bn_running"][2]) == 1
+        torch.testing.assert_close(result["bn_eval_out"], eval_out[rows].detach(), rtol=1e-12, atol=1e-12)
+    for i, param in ((1, bn.weight), (2, bn.bias)):
+        torch.testing.assert_close(sum(r["bn_grads"][i] for r in ranks), param.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_torch_sync_batch_norm_still_refuses_cpu_ranks(ranks):
+    """Why GlobalBatchNorm1d: torch 2.13's SyncBatchNorm raises in a CPU/gloo training forward. If
+    this fails, PyTorch now supports it and GlobalBatchNorm1d could give way to it."""
+    for result in ranks:
+        assert "SyncBatchNorm expected input tensor to be on GPU" in result["torch_sync_bn_error"]
+
+
+@pytest.mark.parametrize("negatives", NEGATIVES)
+def test_simclr_task_on_two_ranks_trains_like_one_process(ranks, negatives):
     _, _, _, features = global_data()
     torch.manual_seed(5)
-    simclr = SimCLRTask(temperature=TEMPERATURE, batch_norm=False, hidden_dim=8, out_dim=4)
+    simclr = SimCLRTask(temperature=TEMPERATURE, negatives=negatives, hidden_dim=8, out_dim=4)
     simclr.setup(nn.Identity(), 5)
+    assert any(isinstance(m, GlobalBatchNorm1d) for m in simclr.modules())
     views = [features[0].clone().requires_grad_(), features[1].clone().requires_grad_()]
     out = simclr(TaskInput({"views": views}, [PooledOutput(v) for v in views], nn.Identity(), 0, 1))
     out.total.backward()
-    mean_loss = sum(r["simclr_loss"] for r in ranks) / WORLD
+    mean_loss = sum(r[f"simclr_loss_{negatives}"] for r in ranks) / WORLD
     torch.testing.assert_close(mean_loss, out.total.detach(), rtol=1e-5, atol=1e-6)
     for i, p in enumerate(simclr.parameters()):
-        averaged = sum(r["simclr_head_grads"][i] for r in ranks) / WORLD  # what DDP all-reduces
+        averaged = sum(r[f"simclr_head_grads_{negatives}"][i] for r in ranks) / WORLD  # what DDP all-reduces
         torch.testing.assert_close(averaged, p.grad, rtol=1e-4, atol=1e-6)
+    for i, buffer in enumerate(simclr.buffers()):  # head BN running statistics of the global batch
+        for result in ranks:
+            torch.testing.assert_close(result[f"simclr_running_{negatives}"][i], buffer, rtol=1e-5, atol=1e-6)
     for r, result in enumerate(ranks):
         local = slice(r * BATCH, (r + 1) * BATCH)
         for v in range(2):
-            torch.testing.assert_close(result["simclr_view_grads"][v] / WORLD, views[v].grad[local], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(result[f"simclr_view_grads_{negatives}"][v] / WORLD, views[v].grad[local], rtol=1e-4, atol=1e-6)
 
 
 def test_moco_step_keeps_queue_and_key_encoder_identical_across_ranks(ranks):

@@ -18,15 +18,16 @@ from hcframe.engine.trainer import Trainer
 from hcframe.recipe import dump_toml, load_recipe
 
 
-def recipe_table(batch_norm: bool, steps: int = 6) -> dict:
+def recipe_table(batch_norm: bool, steps: int = 6, moco_batch_norm: bool | None = None) -> dict:
     projection = {"hidden_dim": 16, "out_dim": 8, "batch_norm": batch_norm}
+    moco_projection = {**projection, "batch_norm": batch_norm if moco_batch_norm is None else moco_batch_norm}
     return {
         "data": {"name": "moving_squares", "num_videos": 32},
         "transform": {"name": "normalize"},
         "model": {"split": "layer2", "encoder": {"name": "tiny3d_test", "width": 4}},
         "tasks": {
             "simclr": {"name": "simclr", **projection},
-            "moco": {"name": "moco", "queue_size": 40, "momentum_schedule": "cosine", **projection},
+            "moco": {"name": "moco", "queue_size": 40, "momentum_schedule": "cosine", **moco_projection},
         },
         "train": {"steps": steps, "batch_size": 8, "log_every": 1, "checkpoint_every": 2},
         "optim": {"lr": 0.05},
@@ -88,9 +89,10 @@ def _run(args, cwd, nproc):
 
 
 def test_two_gloo_ranks_train_like_one_process(tmp_path):
-    # No batch norm anywhere (the test encoder has none): per-rank statistics would differ by design.
+    # The test encoder has no batch norm; simclr's head has global batch norm (statistics over both
+    # ranks, like one process); moco's head has none (its per-rank statistics would differ by design).
     path = tmp_path / "recipe.toml"
-    path.write_text(dump_toml(recipe_table(batch_norm=False, steps=4)))
+    path.write_text(dump_toml(recipe_table(batch_norm=True, steps=4, moco_batch_norm=False)))
     _train(load_recipe(path), tmp_path / "one")
     _run(["run", str(path), "--output", "two"], tmp_path, nproc=2)
     a = load_checkpoint(latest_checkpoint(tmp_path / "one" / "checkpoints"))["model"]
@@ -98,7 +100,11 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path):
     for key, value in a.items():
         if key == "tasks.moco.queue.keys":
             continue
-        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        # The head's batch norm centres pre-activations of size ~10 in float32, whose rounding
+        # (summed in another order over two ranks) AdamW amplifies to ~3e-5 after 4 steps; per-rank
+        # statistics instead move the head weights by > 1e-2 (0.13 measured on this recipe).
+        atol = 1e-4 * max(1.0, value.abs().max().item()) if key.startswith("tasks.simclr.head.") else 1e-5
+        torch.testing.assert_close(b[key], value, rtol=1e-4, atol=atol, msg=key)
     # The queue holds the same keys, step by step (rows 8s..8s+7 came from step s); inside a step
     # their order differs because DistributedSampler deals the global batch out to the ranks
     # interleaved and the enqueue concatenates in rank order. Compare each step's block as a

@@ -1,4 +1,4 @@
-"""InfoNCE against an independent float64 reference written with explicit Python loops."""
+"""NT-Xent and InfoNCE against independent float64 references written with explicit Python loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hcframe_contrastive import ProjectionMLP, contrastive_logits, info_nce
+from hcframe_contrastive import GlobalBatchNorm1d, ProjectionMLP, contrastive_logits, info_nce, nt_xent, nt_xent_logits
 
 
 def _unit(row: list[float]) -> list[float]:
@@ -170,6 +170,20 @@ def test_projection_mlp_shapes_and_normalisation(num_layers, batch_norm):
         ProjectionMLP(12, num_layers=0)
 
 
+def test_global_batch_norm_head_is_plain_batch_norm_in_one_process():
+    torch.manual_seed(0)
+    plain = ProjectionMLP(12, hidden_dim=20, out_dim=7)
+    global_bn = ProjectionMLP(12, hidden_dim=20, out_dim=7, global_batch_norm=True)
+    assert any(isinstance(m, GlobalBatchNorm1d) for m in global_bn.modules())
+    global_bn.load_state_dict(plain.state_dict())  # same state dict: checkpoints move freely
+    x = torch.randn(9, 12)
+    for mode in (True, False):
+        plain.train(mode)
+        global_bn.train(mode)
+        assert torch.equal(plain(x), global_bn(x))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), global_bn.state_dict().values()))
+
+
 @pytest.mark.parametrize("form", ["symmetric", "queue"])
 def test_similarities_are_float32_under_autocast(inputs, form):
     q, k, negatives = (t.to(torch.bfloat16) for t in inputs)
@@ -180,3 +194,90 @@ def test_similarities_are_float32_under_autocast(inputs, form):
     assert logits.similarities.dtype == torch.float32 and loss.dtype == torch.float32
     expected = info_nce(q.float(), k.float(), None if neg is None else neg.float(), 0.07, symmetric=form == "symmetric")
     assert torch.equal(loss, expected)
+
+
+# --- NT-Xent (SimCLR) --------------------------------------------------------------------------
+def nt_xent_reference(a, b, temperature):
+    """SimCLR's NT-Xent from its definition, one anchor at a time, in Python floats (float64).
+
+    z = [a_1..a_N, b_1..b_N], unit rows. Anchor k's positive is the other view of the same item
+    (k +- N); loss_k = -log( exp(s(z_k, z_pos) / T) / sum_{j != k} exp(s(z_k, z_j) / T) ); the loss
+    is the mean of loss_k over all 2N anchors. Also the top-1 accuracy over the 2N - 1 candidates
+    and the mean positive / negative similarity.
+    """
+    z = [_unit(r) for r in a.tolist()] + [_unit(r) for r in b.tolist()]
+    n = len(z) // 2
+    losses, hits, pos, neg = [], [], [], []
+    for k in range(2 * n):
+        positive = k + n if k < n else k - n
+        others = [j for j in range(2 * n) if j != k]
+        sims = {j: _dot(z[k], z[j]) for j in others}
+        denominator = sum(math.exp(sims[j] / temperature) for j in others)
+        losses.append(-math.log(math.exp(sims[positive] / temperature) / denominator))
+        hits.append(1.0 if max(others, key=lambda j: sims[j]) == positive else 0.0)
+        pos.append(sims[positive])
+        neg.extend(sims[j] for j in others if j != positive)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return mean(losses), mean(hits), mean(pos), mean(neg)
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5, 1.0])
+def test_nt_xent_and_metrics_match_simclr_reference(inputs, temperature):
+    a, b, _ = inputs
+    loss_ref, acc_ref, pos_ref, neg_ref = nt_xent_reference(a, b, temperature)
+    loss = nt_xent(a, b, temperature)
+    assert loss.dtype == torch.float64
+    assert loss.item() == pytest.approx(loss_ref, rel=1e-12)
+    logits = nt_xent_logits(a, b, temperature)
+    assert logits.similarities.shape == (12, 11)  # 2N anchors x (2N - 1) candidates
+    metrics = logits.metrics()
+    assert 0.0 < acc_ref < 1.0
+    assert metrics["acc"].item() == pytest.approx(acc_ref)
+    assert metrics["pos_sim"].item() == pytest.approx(pos_ref, abs=1e-12)
+    assert metrics["neg_sim"].item() == pytest.approx(neg_ref, abs=1e-12)
+    assert nt_xent(a.float(), b.float(), temperature).item() == pytest.approx(loss_ref, rel=1e-5)
+    # gather=True (the default) changes nothing in one process
+    assert nt_xent(a, b, temperature, gather=False).item() == pytest.approx(loss_ref, rel=1e-12)
+
+
+def test_nt_xent_differs_from_the_cross_view_form(inputs):
+    """The cross-view InfoNCE (hcframe's simclr before) is another objective: fewer negatives."""
+    a, b, _ = inputs
+    cross_view = info_nce(a, b, temperature=0.1, symmetric=True).item()
+    assert nt_xent(a, b, 0.1).item() > cross_view + 0.05
+    assert cross_view == pytest.approx(in_batch_reference(a, b, 0.1, True)[0], rel=1e-12)
+
+
+def test_nt_xent_on_the_issues_embeddings_gives_lightlys_figures():
+    """Issue 9's cross-check: 8 x 128 random embeddings (torch.manual_seed(0), two draws), where
+    lightly 1.6.0's NTXentLoss gave 3.2461 at T = 0.1 and, on the next draw, 2.6207 at T = 0.5, and
+    hcframe's former simclr loss (cross-view) 2.6036 and 2.0074."""
+    torch.manual_seed(0)
+    for temperature, lightly, cross_view in ((0.1, 3.2461, 2.6036), (0.5, 2.6207, 2.0074)):
+        a, b = torch.randn(8, 128), torch.randn(8, 128)
+        reference = nt_xent_reference(a.double(), b.double(), temperature)[0]
+        assert reference == pytest.approx(lightly, abs=5e-5)
+        assert nt_xent(a, b, temperature).item() == pytest.approx(reference, rel=1e-6)
+        assert info_nce(a, b, temperature=temperature, symmetric=True).item() == pytest.approx(cross_view, abs=5e-5)
+
+
+def test_nt_xent_gradients_match_finite_differences(inputs):
+    a, b, _ = inputs
+    a, b = a[:4].clone().requires_grad_(), b[:4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, y: nt_xent(x, y, 0.2), (a, b))
+    nt_xent(a, b, 0.2).backward()
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+def test_nt_xent_bad_arguments_and_autocast(inputs):
+    a, b, _ = inputs
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        nt_xent(a, b, 0.0)
+    with pytest.raises(ValueError, match="same shape"):
+        nt_xent(a, b[:3])
+    with pytest.raises(ValueError, match="empty"):
+        nt_xent(a[:0], b[:0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = nt_xent_logits(a.to(torch.bfloat16), b.to(torch.bfloat16), 0.1)
+    assert logits.similarities.dtype == torch.float32
+    assert torch.equal(logits.loss(), nt_xent(a.to(torch.bfloat16).float(), b.to(torch.bfloat16).float(), 0.1))

@@ -109,8 +109,9 @@ def _setup(task, encoder_factory, seed=0):
     return encoder, task
 
 
-def test_simclr_forward_backward_and_accuracy(tiny_encoder_factory, make_task_input):
-    encoder, task = _setup(SimCLRTask(hidden_dim=16, out_dim=8), tiny_encoder_factory)
+@pytest.mark.parametrize("negatives", ["both_views", "cross_view"])
+def test_simclr_forward_backward_and_accuracy(tiny_encoder_factory, make_task_input, negatives):
+    encoder, task = _setup(SimCLRTask(hidden_dim=16, out_dim=8, negatives=negatives), tiny_encoder_factory)
     views = [v.requires_grad_() for v in structured_views(0)]
     inp = make_task_input(encoder, views)
     out = task(inp)
@@ -119,15 +120,39 @@ def test_simclr_forward_backward_and_accuracy(tiny_encoder_factory, make_task_in
     for v in views:  # gradients reach the clips of both views
         assert v.grad is not None and v.grad.abs().sum() > 0
     assert all(p.grad is not None for p in encoder.parameters())
-    with torch.no_grad():  # accuracy by hand: both directions, argmax over the other view
+    with torch.no_grad():  # metrics by hand from the 2B embeddings
         emb = task.head(torch.cat([f.pooled for f in inp.features]))
-        q, k = emb[:B], emb[B:]
-        sims = q @ k.t()
-        manual = ((sims.argmax(1) == torch.arange(B)).float().sum() + (sims.t().argmax(1) == torch.arange(B)).float().sum()) / (2 * B)
-        off = ~torch.eye(B, dtype=torch.bool)
-    assert out.metrics["acc"].item() == pytest.approx(manual.item())
-    assert out.metrics["pos_sim"].item() == pytest.approx(sims.diag().mean().item(), abs=1e-6)
-    assert out.metrics["neg_sim"].item() == pytest.approx(sims[off].mean().item(), abs=1e-6)
+        sims = emb @ emb.t()
+        positive = torch.cat([torch.arange(B, 2 * B), torch.arange(B)])
+        rows = torch.arange(2 * B)
+        if negatives == "both_views":  # candidates: every other embedding, both views
+            candidate = ~torch.eye(2 * B, dtype=torch.bool)
+        else:  # candidates: the other view only
+            candidate = torch.zeros(2 * B, 2 * B, dtype=torch.bool)
+            candidate[:B, B:] = True
+            candidate[B:, :B] = True
+        masked = sims.masked_fill(~candidate, float("-inf"))
+        manual_acc = (masked.argmax(1) == positive).float().mean()
+        negative = candidate.clone()
+        negative[rows, positive] = False
+    assert out.metrics["acc"].item() == pytest.approx(manual_acc.item())
+    assert out.metrics["pos_sim"].item() == pytest.approx(sims[rows, positive].mean().item(), abs=1e-6)
+    assert out.metrics["neg_sim"].item() == pytest.approx(sims[negative].mean().item(), abs=1e-6)
+
+
+def test_simclr_negatives_option_checked_and_changes_the_loss(tiny_encoder_factory, make_task_input):
+    assert SimCLRTask().negatives == "both_views"
+    with pytest.raises(ValueError, match="negatives must be one of both_views, cross_view"):
+        SimCLRTask(negatives="queue")
+    with pytest.raises(ValueError, match="symmetric = false applies only to negatives = 'cross_view'"):
+        SimCLRTask(symmetric=False)
+    SimCLRTask(negatives="cross_view", symmetric=False)
+    losses = {}
+    for negatives in ("both_views", "cross_view"):
+        encoder, task = _setup(SimCLRTask(hidden_dim=16, out_dim=8, negatives=negatives), tiny_encoder_factory)
+        losses[negatives] = task(make_task_input(encoder, structured_views(0))).total.item()
+    # same weights and clips: NT-Xent has B - 1 more negatives per anchor, so a larger loss
+    assert losses["both_views"] > losses["cross_view"] + 0.1, losses
 
 
 def _moco(**kw):

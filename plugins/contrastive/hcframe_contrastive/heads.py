@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 from hcframe.components import Head
 
+from hcframe_contrastive.global_bn import GlobalBatchNorm1d
+
 __all__ = ["ProjectionMLP"]
 
 
@@ -17,8 +19,10 @@ class ProjectionMLP(Head):
     [``BatchNorm1d``] ``ReLU``, then ``Linear(-> out_dim)``. With ``num_layers=1`` it is a single
     linear map (``hidden_dim`` unused). ``batch_norm`` adds BatchNorm1d after each hidden linear
     layer (those layers then have no bias, which BN would cancel); note that batch norm needs more
-    than one sample per batch in training mode. ``normalize`` L2-normalises the output, so dot
-    products of outputs are cosine similarities.
+    than one sample per batch in training mode. ``global_batch_norm`` makes those layers
+    :class:`GlobalBatchNorm1d` (statistics over the samples of every rank, as SimCLR's global BN;
+    plain BatchNorm1d in one process, same state dict). ``normalize`` L2-normalises the output, so
+    dot products of outputs are cosine similarities.
 
     Args:
         in_dim: feature width of the encoder (the task passes ``feature_dim``).
@@ -26,6 +30,7 @@ class ProjectionMLP(Head):
         out_dim: width of the embedding (>= 1).
         num_layers: number of linear layers (>= 1).
         batch_norm: BatchNorm1d after every hidden linear layer.
+        global_batch_norm: with ``batch_norm``, statistics over all ranks in a distributed run.
         normalize: L2-normalise the output.
     """
 
@@ -37,6 +42,7 @@ class ProjectionMLP(Head):
         num_layers: int = 2,
         batch_norm: bool = True,
         normalize: bool = True,
+        global_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim), ("num_layers", num_layers)):
@@ -47,13 +53,14 @@ class ProjectionMLP(Head):
         self.out_dim = out_dim
         self.num_layers = num_layers
         self.batch_norm = batch_norm
+        self.global_batch_norm = global_batch_norm
         self.normalize = normalize
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(num_layers - 1):
             layers.append(nn.Linear(width, hidden_dim, bias=not batch_norm))
             if batch_norm:
-                layers.append(nn.BatchNorm1d(hidden_dim))
+                layers.append(GlobalBatchNorm1d(hidden_dim) if global_batch_norm else nn.BatchNorm1d(hidden_dim))
             layers.append(nn.ReLU(inplace=True))
             width = hidden_dim
         layers.append(nn.Linear(width, out_dim))

@@ -1,4 +1,16 @@
-"""InfoNCE: the contrastive loss, in its in-batch (symmetric or one-directional) and queue forms.
+"""Contrastive losses: SimCLR's NT-Xent, and InfoNCE in its cross-view (symmetric or
+one-directional) and queue forms.
+
+NT-Xent (:func:`nt_xent`, SimCLR): the ``2N`` embeddings of a batch of ``N`` pairs ``(a_i, b_i)``
+are all anchors; the positive of ``a_i`` is ``b_i`` and vice versa, and the negatives of an anchor
+are the other ``2N - 2`` embeddings, *both views*. The loss is the mean over the ``2N`` anchors of
+``-log( exp(s(x, x+) / T) / sum_{y != x} exp(s(x, y) / T) )`` with ``s`` the cosine similarity.
+With ``gather=True`` in a torch.distributed run each rank's ``2B`` anchors meet the ``2N`` embeddings
+of the global batch (gathered with gradients) and the loss is the mean over the local anchors, so
+the mean over ranks (what DDP optimises) is the global NT-Xent.
+
+InfoNCE (:func:`info_nce`) below is the cross-view form (CLIP, MoCo v3): the negatives of ``q_i``
+are only the *other view's* embeddings.
 
 For a query ``q_i`` with positive key ``k_i`` and a set of negatives ``n_j``, all L2-normalised::
 
@@ -27,7 +39,7 @@ from torch import Tensor
 
 from hcframe.engine.distributed import all_gather_with_grad, rank
 
-__all__ = ["ContrastiveLogits", "contrastive_logits", "info_nce"]
+__all__ = ["ContrastiveLogits", "contrastive_logits", "info_nce", "nt_xent", "nt_xent_logits"]
 
 
 @attrs.frozen
@@ -174,3 +186,67 @@ def info_nce(
     return contrastive_logits(
         query, key, negatives, temperature, symmetric=symmetric, gather=gather, normalize=normalize
     ).loss()
+
+
+def _check_pair(name: str, a: Tensor, b: Tensor, temperature: float) -> None:
+    if a.dim() != 2 or b.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"{name}: a and b must both be [N, D] with the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[0] < 1:
+        raise ValueError(f"{name}: the batch is empty")
+    if not temperature > 0:
+        raise ValueError(f"{name}: temperature must be > 0, got {temperature!r}")
+
+
+def nt_xent_logits(
+    a: Tensor, b: Tensor, temperature: float = 0.1, *, gather: bool = True, normalize: bool = True
+) -> ContrastiveLogits:
+    """The similarity matrix and positive columns behind :func:`nt_xent` (same arguments).
+
+    Candidates: the (gathered) embeddings ``[a_0 .. a_{N-1}, b_0 .. b_{N-1}]`` of the global batch,
+    each anchor's own column removed, so ``similarities`` is ``[2B, 2N - 1]``. Rows: this rank's
+    ``a`` then its ``b``. The positive of ``a_i`` (global index ``g``) sits at column ``N + g - 1``
+    (its own column ``g`` comes before it and is removed), that of ``b_i`` at column ``g``.
+    """
+    _check_pair("nt_xent", a, b, temperature)
+    # float32 at least, also under autocast (as in contrastive_logits)
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.to(dtype), b.to(dtype)
+        if normalize:
+            a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        local = a.shape[0]
+        if gather:  # identity in a single process
+            all_a, all_b, offset = all_gather_with_grad(a), all_gather_with_grad(b), rank() * local
+        else:
+            all_a, all_b, offset = a, b, 0
+        total = all_a.shape[0]
+        anchors = torch.cat([a, b], dim=0)
+        sims = anchors @ torch.cat([all_a, all_b], dim=0).t()  # [2B, 2N]
+        own = torch.arange(local, device=a.device) + offset
+        self_columns = torch.cat([own, own + total])
+        keep = torch.ones_like(sims, dtype=torch.bool)
+        keep[torch.arange(2 * local, device=a.device), self_columns] = False
+        sims = sims[keep].view(2 * local, 2 * total - 1)
+        targets = torch.cat([own + total - 1, own])
+        return ContrastiveLogits(sims, targets, float(temperature))
+
+
+def nt_xent(
+    a: Tensor, b: Tensor, temperature: float = 0.1, *, gather: bool = True, normalize: bool = True
+) -> Tensor:
+    """SimCLR's NT-Xent loss: the mean over the ``2B`` local anchors (see the module docstring).
+
+    Args:
+        a: ``[B, D]`` embeddings of the first view.
+        b: ``[B, D]`` embeddings of the second view; ``b[i]`` is the positive of ``a[i]``.
+        temperature: ``T`` > 0 dividing the cosine similarities (SimCLR: 0.1 for large batches,
+            up to 0.5 for small ones).
+        gather: in a distributed run, candidates from every rank (every rank must pass the same
+            ``B``); no effect in a single process. ``False`` keeps the negatives per rank.
+        normalize: L2-normalise the inputs first (a no-op up to rounding when they already are).
+
+    Returns:
+        A scalar tensor. (SimCLR's TensorFlow code returns the sum of the two views' means, twice
+        this value; the paper and lightly's ``NTXentLoss`` use the mean, as here.)
+    """
+    return nt_xent_logits(a, b, temperature, gather=gather, normalize=normalize).loss()

@@ -1,4 +1,4 @@
-"""The registered contrastive pretext tasks: ``simclr`` (in-batch InfoNCE) and ``moco`` (MoCo v2).
+"""The registered contrastive pretext tasks: ``simclr`` (SimCLR's NT-Xent) and ``moco`` (MoCo v2).
 
 Both ask the engine for two views of each video (``num_views = 2``: two clips at independent random
 start times, independently augmented by the batch transform) and own their projection head. The
@@ -23,14 +23,15 @@ from hcframe.components import PretextTask, TaskInput, TaskOutput
 from hcframe.engine.distributed import world_size
 
 from hcframe_contrastive.heads import ProjectionMLP
-from hcframe_contrastive.losses import ContrastiveLogits, contrastive_logits
+from hcframe_contrastive.losses import ContrastiveLogits, contrastive_logits, nt_xent_logits
 from hcframe_contrastive.momentum import MOMENTUM_SCHEDULES, MomentumEncoder, momentum_at
 from hcframe_contrastive.queue import NegativeQueue
 from hcframe_contrastive.shuffle_bn import convert_to_sync_batchnorm, shuffled_forward
 
-__all__ = ["KEY_BN_MODES", "MoCoTask", "SimCLRTask"]
+__all__ = ["KEY_BN_MODES", "SIMCLR_NEGATIVES", "MoCoTask", "SimCLRTask"]
 
 KEY_BN_MODES = ("shuffle", "sync", "running_stats")
+SIMCLR_NEGATIVES = ("both_views", "cross_view")
 
 
 def _check_projection(task: str, hidden_dim: int, out_dim: int, num_layers: int) -> None:
@@ -57,17 +58,26 @@ def _pooled(output: Any) -> Tensor:
 
 
 class SimCLRTask(PretextTask):
-    """SimCLR-style InfoNCE between two views of each clip, in-batch negatives.
+    """SimCLR: contrast two views of each clip against the other clips of the (global) batch.
 
-    Both views' pooled features go through one projection head (batch norm over both views
-    together, as in SimCLR); the positive of a view is the other view of the same video, the
-    negatives are the other view of every other video of the (global, with ``gather``) batch.
+    Both views' pooled features go through one projection head whose batch norm normalises over
+    both views of the *global* batch (:class:`GlobalBatchNorm1d`, SimCLR's global BN: in a
+    distributed run the statistics are all-reduced across ranks, with gradients; plain batch norm
+    in one process). The positive of a view is the other view of the same video.
 
     Args:
-        temperature: softmax temperature ``T`` (> 0).
-        symmetric: average the view0 -> view1 and view1 -> view0 losses (else view0 -> view1 only).
-        gather: in a distributed run take negatives from every rank (gradients flow back to each
-            rank's samples); the loss is the mean over local queries, so with DDP's gradient
+        temperature: softmax temperature ``T`` (> 0). SimCLR uses 0.1 with large batches and up to
+            0.5 with small ones.
+        negatives: ``"both_views"`` (default): SimCLR's NT-Xent (:func:`nt_xent`); each of the
+            ``2N`` embeddings is an anchor and its negatives are the other ``2N - 2`` embeddings,
+            both views. ``"cross_view"``: the CLIP / MoCo v3 form (:func:`info_nce`); the negatives
+            of a view are only the other view's ``N - 1`` embeddings (hcframe's ``simclr`` before
+            NT-Xent became the default).
+        symmetric: ``"cross_view"`` only: average the view0 -> view1 and view1 -> view0 losses
+            (else view0 -> view1 only). NT-Xent always uses both views as anchors, so
+            ``symmetric = false`` with ``negatives = "both_views"`` is refused.
+        gather: in a distributed run take the candidates from every rank (gradients flow back to
+            each rank's samples); the loss is the mean over local anchors, so with DDP's gradient
             averaging R ranks train exactly like one process on the global batch.
         hidden_dim, out_dim, num_layers, batch_norm: the :class:`ProjectionMLP`.
     """
@@ -77,6 +87,7 @@ class SimCLRTask(PretextTask):
     def __init__(
         self,
         temperature: float = 0.1,
+        negatives: Literal["both_views", "cross_view"] = "both_views",
         symmetric: bool = True,
         gather: bool = True,
         hidden_dim: int = 512,
@@ -87,10 +98,21 @@ class SimCLRTask(PretextTask):
         super().__init__()
         _check_temperature("simclr", temperature)
         _check_projection("simclr", hidden_dim, out_dim, num_layers)
+        if negatives not in SIMCLR_NEGATIVES:
+            raise ValueError(f"simclr: negatives must be one of {', '.join(SIMCLR_NEGATIVES)}, got {negatives!r}")
+        if negatives == "both_views" and not symmetric:
+            raise ValueError(
+                "simclr: symmetric = false applies only to negatives = 'cross_view'; "
+                "NT-Xent (negatives = 'both_views') always uses both views as anchors"
+            )
         self.temperature = float(temperature)
+        self.negatives = negatives
         self.symmetric = symmetric
         self.gather = gather
-        self.projection = {"hidden_dim": hidden_dim, "out_dim": out_dim, "num_layers": num_layers, "batch_norm": batch_norm}
+        self.projection = {
+            "hidden_dim": hidden_dim, "out_dim": out_dim, "num_layers": num_layers,
+            "batch_norm": batch_norm, "global_batch_norm": True,
+        }
         self.head: ProjectionMLP | None = None
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
@@ -103,10 +125,10 @@ class SimCLRTask(PretextTask):
         _two_views("simclr", inp)
         first, second = inp.features[0].pooled, inp.features[1].pooled
         embeddings = self.head(torch.cat([first, second], dim=0))
-        query, key = embeddings[: first.shape[0]], embeddings[first.shape[0] :]
-        return contrastive_logits(
-            query, key, None, self.temperature, symmetric=self.symmetric, gather=self.gather
-        )
+        a, b = embeddings[: first.shape[0]], embeddings[first.shape[0] :]
+        if self.negatives == "both_views":
+            return nt_xent_logits(a, b, self.temperature, gather=self.gather)
+        return contrastive_logits(a, b, None, self.temperature, symmetric=self.symmetric, gather=self.gather)
 
     def forward(self, inp: TaskInput) -> TaskOutput:
         logits = self.logits(inp)
