@@ -387,3 +387,31 @@ def test_only_a_file_without_any_batch_norm_counter_gets_them_set_to_zero(tmp_pa
     torch.save(one_missing, path)
     with pytest.raises(RecipeError, match=r"missing key 'layer4\.0\.conv1\.1\.num_batches_tracked'$"):
         parse_recipe(_raw("r3d_18", path, split, args))
+
+
+def test_a_trained_branch_exports_to_torchvision_and_initialises_a_new_run_with_equal_outputs(tmp_path):
+    factory, args, split = TINY["r2plus1d_18"]
+    raw = _raw("r2plus1d_18", "", split, args)
+    del raw["model"]["init"]
+    recipe = parse_recipe(raw)
+    model = build_model(recipe).eval()
+    with torch.no_grad():  # make the two branches differ, so the export shows which one it took
+        for p in model.branches["bright"].parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    checkpoint = tmp_path / "step_00000001.pt"
+    torch.save({"format": 1, "model": model.state_dict(), "recipe_sha256": recipe.sha256(), "step": 1}, checkpoint)
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text(recipe.to_toml())
+    out = tmp_path / "bright_torchvision.pth"
+    result = CliRunner().invoke(cli, ["export-encoder", str(checkpoint), str(out), "--recipe", str(recipe_file),
+                                      "--branch", "bright", "--format", "torchvision"])
+    assert result.exit_code == 0, result.output
+    written = torch.load(out, weights_only=True)
+    expected = torchvision_video_resnet_keys("r2plus1d_18", width=4, blocks=args["blocks"])
+    assert {k: tuple(v.shape) for k, v in written.items()} == {k: v for k, v in expected.items() if not k.startswith("fc.")}
+    # the torchvision file initialises a recipe without a split: its encoder is trunk + 'bright'
+    fresh = build_model(parse_recipe(_raw("r2plus1d_18", out, "none", args))).eval()
+    clips = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.encode(clips), model.encode(clips, "bright"), rtol=0, atol=0)
+        assert not torch.equal(fresh.encode(clips), model.encode(clips, "sup"))

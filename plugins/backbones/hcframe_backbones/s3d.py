@@ -10,7 +10,7 @@ The default S3D has 7,910,048 parameters; with a 400-way classifier on its 1024-
 8,320,048, the figure of the reference implementation. ``width`` rescales every channel count by
 ``width / 64`` (64 is the published stem width) for tests and CPU quickstarts.
 
-Pooling is the reference head's: a 2x7x7 average pool with stride 1 (the window of a 16x224x224
+Pooling is torchvision's S3D head's: a 2x7x7 average pool with stride 1 (the window of a 16x224x224
 clip's feature map), then the mean of its windows. For 16x224x224 clips that is the global mean;
 for longer or larger clips, positions near the border count less (at 32 frames the four time steps
 weigh 1/6, 1/3, 1/3, 1/6). A kernel larger than the feature map is clamped to it, so smaller clips
@@ -36,7 +36,7 @@ from hcframe_backbones.layers import (
 )
 from hcframe_backbones.torchvision_layout import TorchvisionS3DLayout
 
-__all__ = ["FeatureGate", "INCEPTION_CHANNELS", "REFERENCE_POOL_KERNEL", "S3D", "SeparableConv3d", "SepInceptionBlock3d", "windowed_mean_pool"]
+__all__ = ["FeatureGate", "INCEPTION_CHANNELS", "S3D", "SeparableConv3d", "SepInceptionBlock3d", "windowed_mean_pool"]
 
 # Published Inception block widths, per block: (branch0 1x1, branch1 1x1, branch1 separable 3x3,
 # branch2 1x1, branch2 separable 3x3, branch3 pool-projection 1x1). Input widths follow from the
@@ -54,8 +54,6 @@ INCEPTION_CHANNELS: dict[str, list[tuple[int, int, int, int, int, int]]] = {
 }
 STEM_CHANNELS = 64  # Conv_1a and Conv_2b
 CONV_2C_CHANNELS = 192
-#: The reference head's average pool (t, h, w), stride 1: the feature map of a 16x224x224 clip.
-REFERENCE_POOL_KERNEL = (2, 7, 7)
 
 
 def windowed_mean_pool(feature_map: Tensor, kernel: tuple[int, int, int]) -> Tensor:
@@ -216,7 +214,7 @@ class S3D(Encoder):
         init_video_weights(self)
 
     def pool(self, feature_map: Tensor) -> Tensor:
-        """The reference head's pooling (see the module docstring): :func:`windowed_mean_pool`."""
+        """torchvision's S3D head's pooling (see the module docstring): :func:`windowed_mean_pool`."""
         return windowed_mean_pool(feature_map, self.pool_kernel)
 
     def state_dict_layouts(self) -> tuple[StateDictLayout, ...]:
