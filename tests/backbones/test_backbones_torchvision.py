@@ -10,6 +10,7 @@ tied to torchvision's published parameter counts (its weights' ``num_params`` me
 from __future__ import annotations
 
 import itertools
+import json
 import math
 
 import pytest
@@ -415,3 +416,32 @@ def test_a_trained_branch_exports_to_torchvision_and_initialises_a_new_run_with_
     with torch.no_grad():
         torch.testing.assert_close(fresh.encode(clips), model.encode(clips, "bright"), rtol=0, atol=0)
         assert not torch.equal(fresh.encode(clips), model.encode(clips, "sup"))
+
+
+def test_eval_linear_probes_a_torchvision_file_like_the_same_weights_in_an_hcframe_checkpoint(tmp_path):
+    factory, args, split = TINY["r3d_18"]
+    source = factory(**args)
+    tv = tmp_path / "r3d_kinetics.pth"
+    torch.save(as_torchvision(source, "r3d_18"), tv)
+    raw = _raw("r3d_18", "", split, args)
+    del raw["model"]["init"]
+    raw["eval"] = [{"protocol": "linear_probe", "branch": "bright", "max_iter": 30,
+                    "train_data": {"name": "moving_squares", "num_videos": 12, "frames": 8, "size": 32, "seed": 0},
+                    "test_data": {"name": "moving_squares", "num_videos": 8, "frames": 8, "size": 32, "seed": 1}}]
+    recipe = tmp_path / "probe.toml"
+    recipe.write_text(dump_toml(raw))
+    # the same weights placed by hand into every copy of a model, saved as an hcframe checkpoint
+    model = build_model(parse_recipe(raw))
+    own = {k.removeprefix("stages."): v for k, v in source.state_dict().items()}
+    model.trunk.stages.load_state_dict({k: v for k, v in own.items() if k.split(".")[0] in model.trunk.stages})
+    for branch in model.branches.values():
+        branch.stages.load_state_dict({k: v for k, v in own.items() if k.split(".")[0] in branch.stages})
+    checkpoint = tmp_path / "by_hand.pt"
+    torch.save({"model": model.state_dict(), "step": 0}, checkpoint)
+    reports = []
+    for name, weights in (("tv", tv), ("hand", checkpoint)):
+        result = CliRunner().invoke(cli, ["eval", str(recipe), "--checkpoint", str(weights), "--output", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((tmp_path / name / "eval.json").read_text()))
+    assert reports[0]["eval"] == reports[1]["eval"]
+    assert reports[0]["weights"] == (f"{len(own)} tensors from torchvision state dict {tv}; dropped (no counterpart in the encoder): fc.weight, fc.bias")

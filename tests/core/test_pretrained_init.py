@@ -110,6 +110,8 @@ def test_export_encoder_round_trip_and_eval_of_the_export(trained, tmp_path):
     out = tmp_path / "bright.pt"
     refused = invoke("export-encoder", checkpoint, out)
     assert refused.exit_code == 2 and "holds 2 branches (sup, bright)" in one_line(refused) and not out.exists()
+    concat = invoke("export-encoder", checkpoint, out, "--branch", "concat")
+    assert concat.exit_code == 2 and "'concat' is every branch side by side, not one encoder; name one branch (sup, bright)" in one_line(concat)
     result = invoke("export-encoder", checkpoint, out, "--branch", "bright")
     assert result.exit_code == 0, result.output
     export = torch.load(out, weights_only=True)
