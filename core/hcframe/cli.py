@@ -238,14 +238,19 @@ def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | Non
 # --- eval ------------------------------------------------------------------------------------------
 @cli.command("eval")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
-@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False), help="A training checkpoint (checkpoints/step_N.pt) or a saved state dict.")
+@click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A training checkpoint (checkpoints/step_N.pt), an encoder export, or a state dict in a layout the encoder reads (torchvision).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Where eval.json and the feature cache go (default: the checkpoint's run directory).")
 def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], output: str | None) -> None:
-    """Run only the recipe's [[eval]] stages on a checkpoint's model weights."""
+    """Run only the recipe's [[eval]] stages on a checkpoint's model weights (or on an encoder
+    alone, copied into the trunk and every branch)."""
     from rich.markup import escape
 
-    recipe = _load(recipe_path, overrides)
+    from hcframe.engine.pretrained import PretrainedError
+
+    # The checkpoint replaces the encoder's weights: the recipe's model.init is not read.
+    recipe = _load(recipe_path, ('model.init=""', 'model.init_branch=""', *overrides))
     if not recipe.evaluations:
         fail(f"{recipe.source}: the recipe has no [[eval]] tables; add one (protocol = \"linear_probe\", ...)", 2)
     checkpoint_path = Path(checkpoint)
@@ -256,6 +261,8 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
     out_dir = Path(output) if output else default_eval_dir(checkpoint_path)
     try:
         report = evaluate_checkpoint(recipe, checkpoint_path, out_dir, progress=err_console.is_terminal)
+    except PretrainedError as exc:  # the weights do not fit the recipe: refused before any evaluation
+        fail(str(exc), 2)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except Exception as exc:  # one line; the traceback only on request
@@ -264,6 +271,32 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
         fail(f"eval failed: {type(exc).__name__}: {exc} (set HCFRAME_DEBUG=1 for the traceback)", 1)
     out_console.print(eval_table(report["eval"]))
     err_console.print(escape(f"results written to {out_dir / 'eval.json'} ({report['wall_time_s']:.1f} s)"))
+
+
+# --- export-encoder --------------------------------------------------------------------------------
+@cli.command("export-encoder")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--branch", default="", help="The task whose branch follows the trunk (required when the checkpoint has several).")
+@click.option("--format", "layout", default="hcframe", show_default=True,
+              help="hcframe (an encoder export: [model] init and eval read it), or a layout the encoder writes, e.g. torchvision (no classifier).")
+@click.option("--recipe", "recipe_path", default=None, type=click.Path(dir_okay=False),
+              help="The recipe the checkpoint was trained with (default: recipe.toml of its run directory).")
+def export_encoder_command(checkpoint: str, out: str, branch: str, layout: str, recipe_path: str | None) -> None:
+    """Write the encoder of CHECKPOINT (the trunk and one task's branch) to OUT."""
+    from hcframe.engine.pretrained import PretrainedError, export_encoder
+    from hcframe.evaluation import default_eval_dir
+
+    recipe_file = Path(recipe_path) if recipe_path else default_eval_dir(Path(checkpoint)) / "recipe.toml"
+    if not recipe_file.is_file():
+        fail(f"{recipe_file}: no recipe; pass --recipe with the recipe the checkpoint was trained with", 2)
+    # Only the encoder's description is needed: the recipe's own model.init is not read.
+    recipe = _load(str(recipe_file), ('model.init=""', 'model.init_branch=""'))
+    try:
+        weights = export_encoder(checkpoint, out, recipe, branch=branch, layout_name=layout)
+    except PretrainedError as exc:
+        fail(str(exc), 2)
+    err_console.print(escape(f"wrote {out} ({layout} format, encoder {recipe.encoder.name}): {weights.describe()}"), soft_wrap=True)
 
 
 # --- report ----------------------------------------------------------------------------------------

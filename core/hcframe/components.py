@@ -33,6 +33,7 @@ __all__ = [
     "EncoderOutput",
     "Head",
     "PretextTask",
+    "StateDictLayout",
     "TaskInput",
     "TaskOutput",
     "Teacher",
@@ -82,6 +83,46 @@ class Encoder(nn.Module, abc.ABC):
     def forward(self, clips: Tensor) -> EncoderOutput:
         fmap = self.run_stages(clips)
         return EncoderOutput(fmap, self.pool(fmap))
+
+    def state_dict_layouts(self) -> Sequence["StateDictLayout"]:
+        """The other libraries' key layouts this encoder (as configured) can read and write.
+
+        hcframe reads its own checkpoints and encoder exports itself; a file in any other layout is
+        offered to these (``[model] init``, ``hcframe eval --checkpoint``, ``hcframe
+        export-encoder --format``). None by default.
+        """
+        return ()
+
+
+class StateDictLayout(abc.ABC):
+    """How another library names an encoder's weights, one key at a time.
+
+    The encoder's own keys are those of its stages, ``stages.<stage>.<…>``. Mapping key by key (not
+    whole dicts) is what keeps loading strict and its errors precise: every key of a file must map
+    to a weight of the encoder or be one the layout :meth:`drops`, every weight must be in the file,
+    and shapes must agree; a problem is reported with the key as the file spells it.
+    """
+
+    #: Short name, used in messages and by ``hcframe export-encoder --format``.
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def to_encoder_key(self, key: str) -> str | None:
+        """The encoder's key for the file's ``key``, or ``None`` when the layout has no counterpart
+        for it (the key is then refused as unexpected, unless :meth:`drops` accepts it)."""
+
+    @abc.abstractmethod
+    def from_encoder_key(self, key: str) -> str:
+        """The file's key for the encoder's ``key`` (for exports and for naming missing keys)."""
+
+    def drops(self, key: str) -> bool:
+        """Keys of the other library's model that the encoder deliberately has no counterpart for
+        (its classifier): accepted in a file and not loaded, never written by an export."""
+        return False
+
+    def recognizes(self, keys: Sequence[str]) -> bool:
+        """Whether a file with these keys is in this layout (at least one key maps)."""
+        return any(self.to_encoder_key(k) is not None for k in keys)
 
 
 class Head(nn.Module, abc.ABC):

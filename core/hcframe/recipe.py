@@ -142,9 +142,15 @@ class CombinerSpec:
 @attrs.frozen
 class ModelSpec:
     """``[model]``: ``split`` names the first encoder stage each task gets its own copy of;
-    ``"none"`` shares every stage (one representation for all tasks)."""
+    ``"none"`` shares every stage (one representation for all tasks). ``init`` initialises the
+    encoder (trunk and every branch) from a file before training: an hcframe checkpoint, an
+    encoder export, or a state dict in a layout the encoder reads (torchvision's for the backbones
+    plugin); ``init_branch`` names the checkpoint branch that forms the encoder when it has several.
+    See :mod:`hcframe.engine.pretrained`."""
 
     split: str = "none"
+    init: str = ""
+    init_branch: str = ""
 
 
 # --- component specs -----------------------------------------------------------------------------
@@ -413,6 +419,15 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         raise RecipeError("model.encoder: missing table [model.encoder] with the encoder's name")
     encoder = _build_component("encoder", model_table["encoder"], "model.encoder", registry)
     model = _build_engine_table(ModelSpec, {k: v for k, v in model_table.items() if k != "encoder"}, "model")
+    if model.init_branch and not model.init:
+        raise RecipeError("model.init_branch: names a branch of the model.init checkpoint; set model.init too")
+    if model.init:  # read strictly now, so a file that does not fit is refused before any work
+        from hcframe.engine.pretrained import PretrainedError, check_init  # lazy: it imports the engine
+
+        try:
+            check_init(model.init, model.init_branch, encoder, registry)
+        except PretrainedError as exc:
+            raise RecipeError(f"model.init: {exc}") from None
     tasks_table = raw["tasks"]
     if not isinstance(tasks_table, dict) or not tasks_table:
         raise RecipeError("tasks: define at least one [tasks.<your name>] table with the task's name")

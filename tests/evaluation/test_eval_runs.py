@@ -115,9 +115,9 @@ def test_eval_command_errors_are_one_line(trained_run, tmp_path):
     raw["model"]["encoder"]["width"] = 6
     other.write_text(dump_toml(raw))
     mismatch = cli_in_process("eval", str(other), "--checkpoint", str(run_dir / "checkpoints" / "step_00000006.pt"), "--output", str(tmp_path / "o"))
-    assert mismatch.exit_code == 1
+    assert mismatch.exit_code == 2  # refused before any evaluation, like a bad recipe
     lines = [line for line in mismatch.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: eval failed: ValueError:") and "do not fit the recipe's model" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "step_00000006.pt: weights do not fit the recipe's model" in lines[0]
     assert "of another shape (e.g. trunk.stages.stem.0.weight" in lines[0]
     no_eval = tmp_path / "noeval.toml"
     no_eval.write_text(dump_toml(toy_raw()))

@@ -23,6 +23,7 @@ from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from hcframe.engine.model import LossCombiner, MultiTaskModel, gradient_cosines, pcgrad_combine
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
+from hcframe.engine.pretrained import initialise_from_recipe
 from hcframe.engine.sampler import EpochSampler
 from hcframe.recipe import Recipe
 from hcframe.registry import Registry, get_registry
@@ -58,13 +59,16 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def build_model(recipe: Recipe, registry: Registry | None = None) -> MultiTaskModel:
-    """Encoder + tasks + combiner as the recipe describes them (random initialisation)."""
+def build_model(recipe: Recipe, registry: Registry | None = None, log: Callable[[str], None] | None = None) -> MultiTaskModel:
+    """Encoder + tasks + combiner as the recipe describes them (random initialisation, or the
+    encoder's weights from ``[model] init``)."""
     registry = registry or get_registry()
     encoder = recipe.encoder.build(registry)
     tasks = {name: spec.build(registry) for name, spec in recipe.tasks.items()}
     combiner = LossCombiner(tasks, recipe.combiner.weights, recipe.combiner.weighting)
     try:
+        if recipe.model.init:  # before the split: trunk, every branch and the tasks' copies start from it
+            initialise_from_recipe(encoder, recipe, log)
         return MultiTaskModel(encoder, tasks, recipe.model.split, combiner, recipe.combiner.shared_grad_scale)
     except ValueError as exc:
         raise RunFailed(f"{recipe.source}: {exc}") from None
@@ -159,7 +163,7 @@ class Trainer:
         random.seed(r.train.seed)
         np.random.seed(r.train.seed % 2**32)
 
-        self.model = build_model(r, self.registry)
+        self.model = build_model(r, self.registry, log=self.log)
         self.dataset: VideoDataset = r.data.build(self.registry)
         self.dataset.num_views = self.model.num_views
         for name, task in self.model.tasks.items():

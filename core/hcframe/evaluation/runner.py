@@ -160,16 +160,32 @@ def run_evaluations(
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
-def load_model_weights(model: MultiTaskModel, checkpoint: Path) -> dict[str, Any]:
-    """Load a training checkpoint's ``model`` weights (or a bare state dict) into ``model``
-    (``weights_only=True``). Returns the checkpoint's other fields (``step`` …). Raises
-    ``ValueError`` with one line when the weights do not fit the recipe's model."""
+def load_model_weights(model: MultiTaskModel, checkpoint: Path, recipe: Recipe | None = None, registry: Registry | None = None) -> dict[str, Any]:
+    """Load a training checkpoint's ``model`` weights (or a bare model state dict) into ``model``
+    (``weights_only=True``). Returns the checkpoint's other fields (``step`` …).
+
+    Given the ``recipe``, ``checkpoint`` may also hold an encoder alone: an encoder export or a
+    state dict in a layout the recipe's encoder reads (see :mod:`hcframe.engine.pretrained`). Its
+    weights go into the trunk and every branch; the tasks' heads keep their initialisation (no
+    evaluation protocol uses them). Returns ``{"weights": <what was loaded>}`` then.
+
+    Raises :class:`~hcframe.engine.pretrained.PretrainedError` (a ``ValueError``) with one line
+    when the weights do not fit the recipe's model."""
     from hcframe.engine.checkpoint import load_checkpoint
+    from hcframe.engine.pretrained import PretrainedError, encoder_weights_from, encoder_shapes, holds_model_state, load_encoder_into_model
 
     state = load_checkpoint(Path(checkpoint))
-    weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
+    model_state = holds_model_state(state)
+    if model_state is None and recipe is not None:
+        encoder = recipe.encoder.build(registry or get_registry())
+        encoder_weights = encoder_weights_from(
+            state, checkpoint, encoder_shapes(encoder), list(encoder.state_dict_layouts()), encoder_name=recipe.encoder.name
+        )
+        load_encoder_into_model(model, encoder_weights)
+        return {"weights": encoder_weights.describe()}
+    weights = model_state if model_state is not None else state
     if not isinstance(weights, dict):
-        raise ValueError(f"{checkpoint}: holds no model weights (expected a training checkpoint or a state dict)")
+        raise PretrainedError(f"{checkpoint}: holds no model weights (expected a training checkpoint or a state dict)")
     own = model.state_dict()
     missing = [k for k in own if k not in weights]
     unexpected = [k for k in weights if k not in own]
@@ -183,9 +199,10 @@ def load_model_weights(model: MultiTaskModel, checkpoint: Path) -> dict[str, Any
         if reshaped:
             k = reshaped[0]
             parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)})")
-        raise ValueError(f"{checkpoint}: weights do not fit the recipe's model: {'; '.join(parts)}; use the recipe the checkpoint was trained with")
+        raise PretrainedError(f"{checkpoint}: weights do not fit the recipe's model: {'; '.join(parts)}; use the recipe the checkpoint was trained with")
     model.load_state_dict(weights)
-    return {k: v for k, v in state.items() if k != "model"} if weights is not state else {}
+    info = {k: v for k, v in state.items() if k != "model"} if weights is not state else {}
+    return {**info, "weights": f"hcframe model weights {checkpoint}"}
 
 
 def default_eval_dir(checkpoint: Path) -> Path:
@@ -214,7 +231,8 @@ def evaluate_checkpoint(
     registry = registry or get_registry()
     device = device or choose_device(recipe.train.device)
     model = build_model(recipe, registry)
-    info = load_model_weights(model, checkpoint)
+    info = load_model_weights(model, checkpoint, recipe, registry)
+    log(f"weights: {info['weights']}")
     model.to(device)
     output_dir = Path(output_dir)
     results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry)
@@ -222,6 +240,7 @@ def evaluate_checkpoint(
         "recipe": recipe.source,
         "checkpoint": str(checkpoint),
         "step": info.get("step"),
+        "weights": info["weights"],
         "eval": results,
         "wall_time_s": time.perf_counter() - started,
     }

@@ -7,12 +7,16 @@ max-pool, and a (2+1)D factorisation whose middle width keeps the parameter coun
 convolution it replaces. With a 400-way linear classifier on top, R3D-18 has 33,371,472 parameters
 and R(2+1)D-18 31,505,325, the figures of the reference implementations.
 
+MC3-18 (mixed convolutions: 3x3x3 in the stem and ``layer1``, spatial 1x3x3 in ``layer2``..``layer4``,
+no temporal downsampling) is the third model of that paper; 11,695,440 parameters with the classifier.
+
 ``width`` (base channels) and ``blocks`` (basic blocks per stage) shrink the same design for tests
 and CPU quickstarts: ``R2Plus1D(width=8, blocks=[1, 1, 1, 1])`` has 196,598 parameters.
 
 The module layout (``stem`` = conv/BN/ReLU sequence; blocks with ``conv1``, ``conv2``,
-``downsample``) mirrors the reference implementation's, so its state-dict keys should map onto ours
-by prefixing ``stages.`` (not checked here: torchvision is not installable beside this torch).
+``downsample``) is torchvision's (``torchvision.models.video.resnet``): a torchvision state dict is
+ours with ``stages.`` prefixed and the ``fc`` classifier removed
+(:class:`~hcframe_backbones.torchvision_layout.TorchvisionVideoResNetLayout`).
 """
 
 import abc
@@ -21,7 +25,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from hcframe import Encoder
+from hcframe import Encoder, StateDictLayout
 
 from hcframe_backbones.layers import (
     check_bool,
@@ -32,10 +36,12 @@ from hcframe_backbones.layers import (
     scale_channels,
     triple,
 )
+from hcframe_backbones.torchvision_layout import TorchvisionVideoResNetLayout
 
 __all__ = [
     "BasicBlock3d",
     "Conv2Plus1d",
+    "MC3",
     "R2Plus1D",
     "R3D",
     "VideoResNet",
@@ -195,6 +201,10 @@ class VideoResNet(Encoder):
             t, s = t * ts, s * ss
         return t, s
 
+    def state_dict_layouts(self) -> tuple[StateDictLayout, ...]:
+        """torchvision's video ResNet keys (``stem.…``, ``layer1.…``; its ``fc`` is dropped)."""
+        return (TorchvisionVideoResNetLayout(),)
+
     def extra_repr(self) -> str:
         return f"width={self.width}, blocks={self.blocks}, feature_dim={self.feature_dim}"
 
@@ -255,3 +265,32 @@ class R2Plus1D(VideoResNet):
     def make_conv(self, in_channels: int, out_channels: int, spatial_stride: int, temporal_stride: int, *, block_in: int, block_out: int) -> nn.Module:
         mid = r2plus1d_mid_channels(block_in, block_out)
         return Conv2Plus1d(in_channels, out_channels, mid, spatial_stride, temporal_stride)
+
+
+class MC3(R3D):
+    """MC3-18 (mixed convolutions); 11.5 M parameters without a classifier by default.
+
+    The stem and ``layer1`` are those of :class:`R3D` (3x3x3); ``layer2``..``layer4`` convolve in
+    space only (1x3x3), so nothing downsamples time: ``temporal_strides`` defaults to
+    ``[1, 1, 1, 1]`` (a 2 there subsamples frames with the stride of the block's first 1x3x3
+    convolution and of its shortcut). Other arguments are those of :class:`R3D`.
+    """
+
+    owner = "mc3_18"
+
+    def __init__(
+        self,
+        width: int = 64,
+        blocks: list[int] = [2, 2, 2, 2],  # noqa: B006 - copied, never mutated; TOML-style default
+        in_channels: int = 3,
+        stem_spatial_stride: int = 2,
+        spatial_strides: list[int] = [1, 2, 2, 2],  # noqa: B006
+        temporal_strides: list[int] = [1, 1, 1, 1],  # noqa: B006
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__(width, blocks, in_channels, stem_spatial_stride, spatial_strides, temporal_strides, zero_init_residual)
+
+    def make_conv(self, in_channels: int, out_channels: int, spatial_stride: int, temporal_stride: int, *, block_in: int, block_out: int) -> nn.Module:
+        if block_out == self.width:  # layer1 (the only stage of base width): full 3D
+            return conv3x3x3(in_channels, out_channels, spatial_stride, temporal_stride)
+        return nn.Conv3d(in_channels, out_channels, (1, 3, 3), stride=triple(temporal_stride, spatial_stride), padding=(0, 1, 1), bias=False)

@@ -9,24 +9,34 @@ after the ``Conv_2c`` separable convolution and on each branch of every Inceptio
 The default S3D has 7,910,048 parameters; with a 400-way classifier on its 1024-d features,
 8,320,048, the figure of the reference implementation. ``width`` rescales every channel count by
 ``width / 64`` (64 is the published stem width) for tests and CPU quickstarts.
+
+Pooling is torchvision's S3D head's: a 2x7x7 average pool with stride 1 (the window of a 16x224x224
+clip's feature map), then the mean of its windows. For 16x224x224 clips that is the global mean;
+for longer or larger clips, positions near the border count less (at 32 frames the four time steps
+weigh 1/6, 1/3, 1/3, 1/6). A kernel larger than the feature map is clamped to it, so smaller clips
+(where torchvision's S3D refuses to run) get the global mean. The module layout is torchvision's
+(:class:`~hcframe_backbones.torchvision_layout.TorchvisionS3DLayout` maps the keys).
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hcframe import Encoder
+from hcframe import Encoder, StateDictLayout
 
 from hcframe_backbones.layers import (
     ConvBNReLU3d,
     check_bool,
     check_int_choice,
+    check_int_list,
     check_positive_float,
     check_positive_int,
     init_video_weights,
     scale_channels,
 )
+from hcframe_backbones.torchvision_layout import TorchvisionS3DLayout
 
-__all__ = ["FeatureGate", "S3D", "SeparableConv3d", "SepInceptionBlock3d", "INCEPTION_CHANNELS"]
+__all__ = ["FeatureGate", "INCEPTION_CHANNELS", "S3D", "SeparableConv3d", "SepInceptionBlock3d", "windowed_mean_pool"]
 
 # Published Inception block widths, per block: (branch0 1x1, branch1 1x1, branch1 separable 3x3,
 # branch2 1x1, branch2 separable 3x3, branch3 pool-projection 1x1). Input widths follow from the
@@ -44,6 +54,16 @@ INCEPTION_CHANNELS: dict[str, list[tuple[int, int, int, int, int, int]]] = {
 }
 STEM_CHANNELS = 64  # Conv_1a and Conv_2b
 CONV_2C_CHANNELS = 192
+
+
+def windowed_mean_pool(feature_map: Tensor, kernel: tuple[int, int, int]) -> Tensor:
+    """``[B, D, t, h, w] -> [B, D]``: average pool with ``kernel`` (clamped to the map) and stride
+    1, then the mean over the windows. A kernel covering the map is the global mean."""
+    size = tuple(feature_map.shape[2:])
+    clamped = tuple(min(k, n) for k, n in zip(kernel, size))
+    if clamped != size:  # several windows: border positions are in fewer of them
+        feature_map = F.avg_pool3d(feature_map, clamped, stride=1)
+    return feature_map.mean(dim=(2, 3, 4))
 
 
 class FeatureGate(nn.Module):
@@ -124,6 +144,9 @@ class S3D(Encoder):
         bn_momentum: batch-norm running-average momentum in (0, 1]. The reference implementation
             uses 0.001 (TensorFlow decay 0.999), which suits fine-tuning pretrained weights; the
             default 0.1 lets running statistics follow weights trained from scratch.
+        pool_kernel: ``[t, h, w]`` of the pooling's average-pool window (stride 1; clamped to
+            the feature map), whose windows are then averaged (published head: ``[2, 7, 7]``).
+            ``[1, 1, 1]`` is the plain global mean at every clip size.
 
     Stages, named after the Inception-v1 resolution levels:
     ``stem`` (Conv_1a: separable 7x7x7, stride (2, 2, 2)),
@@ -145,6 +168,7 @@ class S3D(Encoder):
         stem_temporal_stride: int = 2,
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.1,
+        pool_kernel: list[int] = [2, 7, 7],  # noqa: B006 - copied, never mutated; TOML-style default
     ) -> None:
         super().__init__()
         o = self.owner
@@ -154,6 +178,7 @@ class S3D(Encoder):
         self.stem_spatial_stride = check_int_choice(o, "stem_spatial_stride", stem_spatial_stride, (1, 2))
         self.stem_temporal_stride = check_int_choice(o, "stem_temporal_stride", stem_temporal_stride, (1, 2))
         bn = {"bn_eps": check_positive_float(o, "bn_eps", bn_eps), "bn_momentum": check_positive_float(o, "bn_momentum", bn_momentum, upper=1.0)}
+        self.pool_kernel = tuple(check_int_list(o, "pool_kernel", pool_kernel, length=3, minimum=1))
 
         def ch(n: int) -> int:
             return scale_channels(n, self.width)
@@ -188,5 +213,14 @@ class S3D(Encoder):
         self.feature_dim = in_ch
         init_video_weights(self)
 
+    def pool(self, feature_map: Tensor) -> Tensor:
+        """torchvision's S3D head's pooling (see the module docstring): :func:`windowed_mean_pool`."""
+        return windowed_mean_pool(feature_map, self.pool_kernel)
+
+    def state_dict_layouts(self) -> tuple[StateDictLayout, ...]:
+        """torchvision's S3D keys (``features.<i>.…``; its ``classifier`` is dropped). S3D-G's
+        gates have no counterpart there, so a gated encoder reads no other layout."""
+        return () if self.gating else (TorchvisionS3DLayout(),)
+
     def extra_repr(self) -> str:
-        return f"width={self.width}, gating={self.gating}, feature_dim={self.feature_dim}"
+        return f"width={self.width}, gating={self.gating}, pool_kernel={list(self.pool_kernel)}, feature_dim={self.feature_dim}"
