@@ -173,7 +173,9 @@ def warp(x: Tensor, theta: Tensor, size: tuple[int, int], padding: str) -> Tenso
 
 # --- photometry (torchvision's definitions, per sample; x: [N, 3, T, H, W] in [0, 1]) ---------------
 def _per_sample(factor: Tensor, x: Tensor) -> Tensor:
-    return factor.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+    """``factor [N]`` shaped to broadcast over ``x [N, ...]`` (in ``x``'s dtype unless a mask)."""
+    factor = factor if factor.dtype == torch.bool else factor.to(x.dtype)
+    return factor.view(-1, *([1] * (x.dim() - 1)))
 
 
 def grayscale(x: Tensor) -> Tensor:
@@ -229,7 +231,6 @@ def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
     return torch.stack(out, dim=1)
 
 
-_ADJUST = {BRIGHTNESS: adjust_brightness, CONTRAST: adjust_contrast, SATURATION: adjust_saturation, HUE: adjust_hue}
 
 
 class VideoAugment(BatchTransform):
@@ -356,10 +357,10 @@ class VideoAugment(BatchTransform):
             return torch.zeros(batch, dtype=torch.bool, device=device)
         return draw < self.flip_prob
 
-    @staticmethod
-    def centre_boxes(frame: Tensor) -> Tensor:
+    def centre_boxes(self, frame: Tensor) -> Tensor:
         """The deterministic evaluation box: the centre square of side ``min(height, width)``."""
-        h, w = frame[:, 0].to(torch.float64), frame[:, 1].to(torch.float64)
+        dtype = self._box_dtype(frame.device)
+        h, w = frame[:, 0].to(dtype), frame[:, 1].to(dtype)
         side = torch.minimum(h, w)
         return torch.stack([(w - side) / 2, (h - side) / 2, side, side], dim=1)
 
@@ -384,18 +385,30 @@ class VideoAugment(BatchTransform):
 
     def apply_jitter(self, x: Tensor, apply: Tensor, order: Tensor, factors: Tensor) -> Tensor:
         """Apply the operations to the samples with ``apply``, each sample in its own ``order``.
-        Operations whose range is neutral (strength 0) are skipped, as torchvision skips them."""
-        active = [self.brightness > 0, self.contrast > 0, self.saturation > 0, self.hue > 0]
+        Operations whose range is neutral (strength 0) are skipped, as torchvision skips them.
+
+        Each of the four positions is one pass over the whole batch, without a device sync:
+        brightness, contrast and saturation are all blends ``f * x + (1 - f) * other`` (with
+        black, the frame's mean luma, the pixel's luma), done together with per-sample ``f`` and
+        ``other`` (``f = 1`` leaves a sample exactly as it is); the hue shift is kept only for the
+        samples whose operation it is."""
+        active = torch.tensor([self.brightness > 0, self.contrast > 0, self.saturation > 0, self.hue > 0], device=x.device)
+        blends_on = bool(active[:HUE].any())
         y = x
         for position in range(4):
-            for op in range(4):
-                if not active[op]:
-                    continue
-                rows = torch.nonzero(apply & (order[:, position] == op)).flatten()
-                if rows.numel() == 0:
-                    continue
-                changed = _ADJUST[op](y.index_select(0, rows), factors[rows, op])
-                y = y.index_copy(0, rows, changed.to(y.dtype))
+            op = order[:, position]
+            chosen = apply & active[op]
+            factor = factors.gather(1, op[:, None])[:, 0].to(x.dtype)
+            if blends_on:
+                blend = chosen & (op != HUE)
+                f = _per_sample(torch.where(blend, factor, torch.ones_like(factor)), y)
+                luma = grayscale(y)
+                other = torch.where(_per_sample(op == CONTRAST, y), luma.mean(dim=(1, 3, 4), keepdim=True), luma)
+                other = torch.where(_per_sample(op == BRIGHTNESS, y), torch.zeros_like(other), other)
+                y = (f * y + (1 - f) * other).clamp(0, 1)
+            if self.hue > 0:
+                shift = chosen & (op == HUE)
+                y = torch.where(_per_sample(shift, y), adjust_hue(y, torch.where(shift, factor, torch.zeros_like(factor))), y)
         return y
 
     def colour_jitter(self, x: Tensor) -> Tensor:
