@@ -3,9 +3,9 @@
 A dataset is a map-style :class:`torch.utils.data.Dataset` (it has ``__len__``, so samplers,
 DistributedSampler and worker counts behave). The engine's samplers ask for ``dataset[(i, epoch)]``
 (research code may ask for ``dataset[i]``, meaning epoch 0): every random draw for that sample (clip
-start, any spatial crop the dataset draws) comes from a generator seeded by ``(dataset seed, epoch, i)``, so a sample does
-not depend on which worker or rank loads it, and an epoch replays identically after a resume even
-with persistent workers. ``dataset[...]`` returns either a sample dict or a
+start, any spatial crop the dataset draws) comes from a generator seeded by ``(dataset seed, epoch,
+i)``, so a sample does not depend on which worker or rank loads it, and an epoch replays identically
+after a resume even with persistent workers. ``dataset[...]`` returns either a sample dict or a
 :class:`BadVideo` record; the engine's :func:`collate` drops bad records from the batch and hands
 them to the run, which reports each once and counts them in ``summary.json``. Nothing is ever
 silently replaced by another video.

@@ -74,7 +74,7 @@ class LinearProbeOptions:
     ``C = 1 / (weight_decay * N)``): a convex problem, so the result does not depend on a learning
     rate or on random initialisation. It iterates until the largest absolute component of the
     gradient is at most ``tol`` (scikit-learn's criterion; its default 1e-4 still moved test
-    predictions on real features, hence 1e-5); ``max_iter`` bounds the iterations, and
+    predictions on the quickstart's features, hence 1e-5); ``max_iter`` bounds the iterations, and
     a probe stopped by it (short of the optimum, so its accuracies depend on the limit) is
     reported with a one-line warning naming the evaluation. Reported on the test set at video
     level (test features averaged over each video's views): ``top1``, ``top5``; and
@@ -118,7 +118,7 @@ class FinetuneOptions:
     the pre-trained model itself is never modified.
 
     Defaults are the usual UCF101/HMDB51 fine-tuning protocol of the video self-supervised
-    literature (and MMAction2's): SGD with momentum 0.9, learning rate 0.01 per 16 clips, weight
+    literature: SGD with momentum 0.9, learning rate 0.01 per 16 clips, weight
     decay 5e-4 (weights only, not biases or norm scales), dropout 0.5 before the classifier,
     cosine decay over ``epochs`` after ``warmup_epochs`` of linear warm-up, random resized crop +
     horizontal flip for training, 10 clips x 3 crops for testing. Papers train for 100-200
