@@ -203,7 +203,8 @@ class BatchTransform(nn.Module, abc.ABC):
     """Per-batch augmentation and normalisation, run on the training device.
 
     Receives the collated batch on the device (``views``: uint8 ``[B, V, 3, T, H, W]``; optional
-    ``parts``: ``[B, V, K, T, h, w]``) and returns it with
+    ``parts``: ``[B, V, K, T, h, w]``; ``views_hw`` / ``parts_hw`` ``[B, 2]`` when frames of
+    different sizes were padded to one, see :func:`hcframe.data.collate`) and returns it with
 
     - ``views`` replaced by a list of ``V`` normalised float tensors ``[B, 3, T, H', W']``;
     - ``parts`` (when present) replaced by a list of ``V`` float tensors ``[B, K, T, h', w']`` that went
@@ -224,6 +225,18 @@ class BatchTransform(nn.Module, abc.ABC):
         """Called by the engine before training when batches carry ``parts`` with these class
         names. A transform that flips images must also swap mirrored classes (a left arm seen in
         a mirror is a right arm); the default does nothing because it does not flip."""
+
+    def set_flip_allowed(self, allowed: bool) -> None:
+        """Called by the engine before training and fine-tuning with the dataset's
+        ``flip_preserves_label``. A transform that flips images must not flip when ``allowed`` is
+        False (wave-left mirrored is wave-right); the default does nothing because it does not flip."""
+
+    def finetune_transform(self) -> "BatchTransform":
+        """The transform fine-tuning trains with when its ``[[eval]]`` table names no
+        ``train_transform``. The published protocol trains with a random crop and a horizontal
+        flip only, so a transform with stronger augmentation (colour jitter, blur ...) returns a
+        copy without it; the default returns ``self``."""
+        return self
 
 
 class Teacher(nn.Module, abc.ABC):

@@ -174,6 +174,7 @@ class Trainer:
         self.transform = r.transform.build(self.registry).to(self.device)
         if self.dataset.target_store is not None:
             self.transform.set_part_labels(self.dataset.target_store.label_names)
+        self.transform.set_flip_allowed(bool(getattr(self.dataset, "flip_preserves_label", True)))
 
         precision = r.train.precision
         if precision == "auto":

@@ -23,7 +23,15 @@ from hcframe.evaluation.spec import FinetuneOptions
 from hcframe.heads import LinearHead
 from hcframe.recipe import OptimSpec, ScheduleSpec
 
-__all__ = ["EncoderPath", "FinetuneClassifier", "finetune_metrics", "view_logits"]
+__all__ = ["EncoderPath", "FinetuneClassifier", "REFERENCE_BATCH", "finetune_metrics", "scaled_learning_rate", "view_logits"]
+
+#: The batch size (clips per step) that ``FinetuneOptions.lr`` is given for.
+REFERENCE_BATCH = 16
+
+
+def scaled_learning_rate(lr: float, batch_size: int) -> float:
+    """The linear scaling rule: ``lr`` is for :data:`REFERENCE_BATCH` clips per step."""
+    return lr * batch_size / REFERENCE_BATCH
 
 
 class EncoderPath(nn.Module):
@@ -100,21 +108,27 @@ def finetune_metrics(
 ) -> dict[str, float | int]:
     """Fine-tune a copy of ``model``'s encoder path on ``train_dataset`` and test it multi-view.
 
-    Draws from the global torch RNG (head initialisation, dropout, augmentation): the caller seeds
-    it (``run_evaluations`` does so inside :func:`torch.random.fork_rng`). Returns ``top1``,
-    ``top5``, ``clip_top1`` on the test set, the last epoch's mean training loss and set sizes.
+    One clip per video and step, ``batch_size`` videos per step, at the rate
+    ``options.lr * batch_size / 16`` (:func:`scaled_learning_rate`). ``train_transform`` is told
+    the dataset's ``flip_preserves_label`` (no mirroring when False). Draws from the global torch
+    RNG (head initialisation, dropout, augmentation): the caller seeds it (``run_evaluations`` does
+    so inside :func:`torch.random.fork_rng`). Returns ``top1``, ``top5``, ``clip_top1`` on the test
+    set, the last epoch's mean training loss and set sizes.
     """
     num_classes = len(train_dataset.class_names)
     if num_classes == 0:
         raise ValueError(f"fine-tuning needs a labelled dataset; {type(train_dataset).__name__} has no class names")
     net = FinetuneClassifier(EncoderPath(model, branch), num_classes, options.dropout).to(device)
+    train_transform.set_flip_allowed(bool(getattr(train_dataset, "flip_preserves_label", True)))
+    lr = scaled_learning_rate(options.lr, batch_size)
+    log(f"finetune: lr {options.lr:g} per {REFERENCE_BATCH} clips -> {lr:g} at batch size {batch_size}")
     sampler = EpochSampler(len(train_dataset), 1, 0, seed=seed, shuffle=True)
     drop_last = len(train_dataset) >= batch_size  # no batch of one for batch norm
     loader = make_loader(train_dataset, batch_size, num_workers, sampler=sampler, drop_last=drop_last)
     steps_per_epoch = len(loader)
     total_steps = options.epochs * steps_per_epoch
     optimizer = build_optimizer(
-        net, OptimSpec(name=options.optimizer, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay), device.type
+        net, OptimSpec(name=options.optimizer, lr=lr, momentum=options.momentum, weight_decay=options.weight_decay), device.type
     )
     schedule = build_schedule(
         ScheduleSpec(
@@ -139,7 +153,7 @@ def finetune_metrics(
             bad_count += len(bad)
             if "views" not in batch:
                 continue
-            set_learning_rate(optimizer, options.lr, schedule, step, total_steps)
+            set_learning_rate(optimizer, lr, schedule, step, total_steps)
             views = device_views(batch, train_transform, device, train=True)
             clips = torch.cat(views, dim=0)
             labels = batch["label"].view(-1).long().to(device).repeat(len(views))

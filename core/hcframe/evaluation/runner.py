@@ -68,25 +68,30 @@ def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
     return {**metrics, "bad_videos": bad} if bad else metrics
 
 
-def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
     tr, te = ctx.features(spec, train), ctx.features(spec, test)
     o = spec.options
-    return _with_bad(linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, device=ctx.device), tr, te)
+    metrics = linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
+                                   where=f"{spec.where} {key}", log=ctx.log)
+    return _with_bad(metrics, tr, te)
 
 
-def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
     tr, te = ctx.features(spec, train), ctx.features(spec, test)
     o = spec.options
-    return _with_bad(multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, device=ctx.device), tr, te)
+    metrics = multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
+                                      where=f"{spec.where} {key}", log=ctx.log)
+    return _with_bad(metrics, tr, te)
 
 
-def _retrieval(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
+def _retrieval(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
     tr, te = ctx.features(spec, train), ctx.features(spec, test)
     return _with_bad(retrieval_metrics(tr, te, list(spec.options.ks), log=ctx.log), tr, te)
 
 
-def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
-    train_transform, _ = ctx.transform(spec.train_transform)
+def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
+    # Without a train_transform: the recipe's transform reduced to the protocol's crop + flip.
+    train_transform = ctx.transform(spec.train_transform)[0] if spec.train_transform else ctx.transform(None)[0].finetune_transform()
     test_transform, _ = ctx.transform(spec.transform)
     train_ds, test_ds = train.build(ctx.registry), test.build(ctx.registry)
     train_ds.num_views = test_ds.num_views = 1
@@ -96,7 +101,7 @@ def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: Compone
     )
 
 
-PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, ComponentSpec, ComponentSpec], dict[str, Any]]] = {
+PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, ComponentSpec, ComponentSpec, str], dict[str, Any]]] = {
     "linear_probe": _linear_probe,
     "multiview": _multiview,
     "retrieval": _retrieval,
@@ -146,7 +151,7 @@ def run_evaluations(
                 log(f"{spec.where}: {key}")
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(spec.seed)
-                    metrics = PROTOCOLS[spec.protocol](ctx, spec, train, test)
+                    metrics = PROTOCOLS[spec.protocol](ctx, spec, train, test, key)
                 results[key] = metrics
                 per_split.append(metrics)
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
