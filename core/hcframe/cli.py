@@ -20,7 +20,7 @@ from rich.table import Table
 
 from hcframe import __version__
 from hcframe.recipe import RecipeError, load_recipe
-from hcframe.registry import ENV_PLUGINS, ENV_STRICT, PluginError, get_registry
+from hcframe.registry import ENV_PLUGINS, ENV_STRICT, KINDS, PluginError, get_registry
 
 __all__ = ["cli", "main"]
 
@@ -96,14 +96,11 @@ def cli() -> None:
 # --- plugins ---------------------------------------------------------------------------------------
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (kind, name, provider, version, summary).")
-@click.option("--kind", default=None, help="Only components of this kind.")
+@click.option("--kind", default=None, type=click.Choice(KINDS), help="Only components of this kind.")
 def plugins_command(as_json: bool, kind: str | None) -> None:
     """List registered components and the distributions that provide them."""
     registry = _registry_or_fail()
-    try:
-        records = registry.list(kind)
-    except KeyError:
-        fail(f"--kind {kind}: unknown kind; kinds are dataset, transform, encoder, head, task, teacher", 2)
+    records = registry.list(kind)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
         return

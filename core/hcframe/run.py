@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from hcframe.engine import distributed as hd
+from hcframe.files import write_json_atomic
 from hcframe.engine.trainer import RunFailed, Trainer
 from hcframe.recipe import Recipe
 
-__all__ = ["RunFailed", "run_recipe", "write_json_atomic"]
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+__all__ = ["RunFailed", "run_recipe"]
 
 
 def run_recipe(

@@ -12,10 +12,11 @@ import sys
 import pytest
 import torch
 
-import hcframe
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.trainer import Trainer
 from hcframe.recipe import dump_toml, load_recipe
+
+pytestmark = pytest.mark.usefixtures("testkit")
 
 
 def recipe_table(batch_norm: bool, steps: int = 6) -> dict:
@@ -31,11 +32,6 @@ def recipe_table(batch_norm: bool, steps: int = 6) -> dict:
         "train": {"steps": steps, "batch_size": 8, "log_every": 1, "checkpoint_every": 2},
         "optim": {"lr": 0.05},
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def testkit():
-    hcframe.register_plugin("hcframe_testkit")
 
 
 class Killed(Exception):

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 from fvcore.nn import FlopCountAnalysis
 
 from hcframe.cli import cli
 from hcframe_testkit import TinyEncoder
+
+pytestmark = pytest.mark.usefixtures("testkit")
 
 
 def test_info_counts_parameters_and_flops_per_clip_and_per_step(toy_recipe_file):

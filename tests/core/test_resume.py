@@ -8,6 +8,8 @@ import torch
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("testkit")
+
 
 class Killed(Exception):
     pass

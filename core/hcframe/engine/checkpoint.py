@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from hcframe.files import atomic_path
 
 __all__ = ["capture_rng", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
@@ -43,14 +44,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int = 2) -> Path:
     """Write ``step_XXXXXXXX.pt`` atomically (temporary file, fsync, rename); keep the newest ``keep``."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step_{step:08d}.pt"
-    tmp = directory / f".{final.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with atomic_path(final, fsync=True) as tmp:
+        torch.save(state, tmp)
     for old in sorted(_checkpoints(directory))[:-keep]:
         old[1].unlink(missing_ok=True)
     return final

@@ -23,6 +23,7 @@ from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
 from hcframe.evaluation.retrieval import retrieval_metrics
 from hcframe.evaluation.spec import EvalSpec, build_eval_specs
+from hcframe.files import write_json_atomic
 from hcframe.recipe import ComponentSpec, Recipe
 from hcframe.registry import Registry, get_registry
 
@@ -208,7 +209,6 @@ def evaluate_checkpoint(
     """Build the recipe's model, load ``checkpoint``'s weights, run the evaluation stages; write
     ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it."""
     from hcframe.engine.trainer import build_model, choose_device
-    from hcframe.run import write_json_atomic
 
     started = time.perf_counter()
     registry = registry or get_registry()
