@@ -1,6 +1,6 @@
 """The abstract components hcframe composes into a run.
 
-Five kinds of things are registered and created by name (see :mod:`hcframe.registry`):
+Seven kinds of things are registered and created by name (see :mod:`hcframe.registry`):
 
 ========== ============================================ =================================
 kind       base class                                   what it is
@@ -11,6 +11,7 @@ encoder    :class:`Encoder`                             a video trunk made of or
 head       :class:`Head`                                maps encoder outputs to predictions
 task       :class:`PretextTask`                         batch + features -> named losses
 teacher    :class:`Teacher`                             frozen frames -> per-pixel part logits
+hook       :class:`Hook`                                code run around the training steps
 ========== ============================================ =================================
 
 They are deliberately small. Research code subclasses them; nothing here reads a recipe.
@@ -32,6 +33,7 @@ __all__ = [
     "Encoder",
     "EncoderOutput",
     "Head",
+    "Hook",
     "PretextTask",
     "TaskInput",
     "TaskOutput",
@@ -220,3 +222,55 @@ class Teacher(nn.Module, abc.ABC):
     def train(self, mode: bool = True) -> "Teacher":
         # A teacher never leaves eval mode: its batch-norm statistics are part of its identity.
         return super().train(False)
+
+
+class Hook:
+    """Code that runs at fixed points of training, with the trainer at hand.
+
+    The trainer calls, in the order the hooks were registered::
+
+        hook.before_train()                 # after setup (and a resume), before the first step
+        while training:
+            hook.before_step()              # trainer.step: optimisation steps done so far
+            trainer.run_step()              # one optimisation step (all its micro-batches)
+            hook.after_step()               # trainer.step: now counts this step too
+        hook.after_train()                  # always, also after a failure (see trainer.status)
+
+    ``self.trainer`` is set when the hook is registered (a weak proxy: hooks do not keep the
+    trainer alive); through it a hook reads the model, the step, the metric log and the run
+    directory (see :class:`hcframe.engine.trainer.Trainer`). Keep :meth:`before_step` cheap: work
+    that takes time belongs in :meth:`after_step`. To end training early and cleanly, call
+    ``self.trainer.request_stop(reason)``; an exception raised by a hook fails the run.
+
+    A hook whose state must survive a resume returns it from :meth:`state_dict` (tensors and
+    plain Python values: checkpoints load with ``weights_only=True``) and takes it back in
+    :meth:`load_state_dict`; it is stored in checkpoints under the hook's :attr:`state_key`.
+    Recipes add hooks with ``[[hooks]]`` tables (``name`` and the constructor's arguments).
+    """
+
+    trainer: Any = None
+
+    @property
+    def state_key(self) -> str:
+        """Where this hook's state is kept in a checkpoint (default: its class name)."""
+        return type(self).__qualname__
+
+    def before_train(self) -> None:
+        """Called once, before the first step."""
+
+    def before_step(self) -> None:
+        """Called before every optimisation step."""
+
+    def after_step(self) -> None:
+        """Called after every optimisation step."""
+
+    def after_train(self) -> None:
+        """Called once at the end, whether training completed, stopped or failed."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs to continue as if never stopped (default: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned."""
+

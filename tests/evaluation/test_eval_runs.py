@@ -22,7 +22,7 @@ from hcframe.evaluation import (
     load_or_extract_features,
     run_evaluations,
 )
-from hcframe.evaluation.spec import FinetuneOptions
+from hcframe.eval_tables import FinetuneOptions
 from hcframe.recipe import dump_toml, parse_recipe
 from hcframe.registry import build_registry
 from hcframe.transforms import Normalize

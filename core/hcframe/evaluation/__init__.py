@@ -1,6 +1,6 @@
 """Evaluation protocols: linear probe, multi-view testing, retrieval and fine-tuning.
 
-A recipe's ``[[eval]]`` tables (validated by :mod:`hcframe.evaluation.spec`, where every key is
+A recipe's ``[[eval]]`` tables (validated by :mod:`hcframe.eval_tables`, where every key is
 documented) run after pre-training (``hcframe run``, results in ``summary.json["eval"]``) or alone
 on a checkpoint (``hcframe eval RECIPE --checkpoint P``, results in ``<run dir>/eval.json``)::
 
@@ -38,7 +38,7 @@ from hcframe.evaluation.runner import (
     load_model_weights,
     run_evaluations,
 )
-from hcframe.evaluation.spec import (
+from hcframe.eval_tables import (
     EvalSpec,
     FinetuneOptions,
     LinearProbeOptions,

@@ -20,7 +20,7 @@ from hcframe.engine.sampler import EpochSampler
 from hcframe.engine.precision import autocast, grad_scaler
 from hcframe.evaluation.features import TestViews, device_views, make_loader
 from hcframe.evaluation.metrics import multiview_metrics
-from hcframe.evaluation.spec import FinetuneOptions
+from hcframe.eval_tables import FinetuneOptions
 from hcframe.heads import LinearHead
 from hcframe.recipe import OptimSpec, ScheduleSpec
 

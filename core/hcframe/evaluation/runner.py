@@ -22,9 +22,10 @@ from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
 from hcframe.evaluation.retrieval import retrieval_metrics
-from hcframe.evaluation.spec import EvalSpec, build_eval_specs
+from hcframe.eval_tables import EvalSpec, build_eval_specs
 from hcframe.files import write_json_atomic
-from hcframe.recipe import ComponentSpec, Recipe
+from hcframe.recipe import Recipe
+from hcframe.tables import ComponentSpec
 from hcframe.registry import Registry, get_registry
 
 __all__ = ["default_eval_dir", "eval_table", "evaluate_checkpoint", "load_model_weights", "run_evaluations"]
