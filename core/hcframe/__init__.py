@@ -5,12 +5,14 @@ from hcframe.components import (
     Encoder,
     EncoderOutput,
     Head,
+    Hook,
     PretextTask,
     TaskInput,
     TaskOutput,
     Teacher,
 )
 from hcframe.data import BadVideo, TargetStore, VideoDataset
+from hcframe.metrics import MetricInfo
 from hcframe.registry import (
     ComponentRecord,
     get_registry,
@@ -27,6 +29,8 @@ __all__ = [
     "Encoder",
     "EncoderOutput",
     "Head",
+    "Hook",
+    "MetricInfo",
     "PretextTask",
     "TargetStore",
     "TaskInput",

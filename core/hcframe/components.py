@@ -28,6 +28,8 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from hcframe.metrics import MetricInfo
+
 __all__ = [
     "BatchTransform",
     "Encoder",
@@ -135,8 +137,10 @@ class PretextTask(nn.Module, abc.ABC):
     A task declares what it needs (``num_views`` clips of the same video, and batch keys in
     ``needs`` such as ``"parts"`` or ``"label"``), builds its heads in :meth:`setup` once the
     encoder's feature dimension is known, and turns a :class:`TaskInput` into a
-    :class:`TaskOutput`. Buffers and submodules of the task (queues, momentum encoders) are saved in
-    checkpoints with the model. Parameters with ``requires_grad=False`` are not optimised.
+    :class:`TaskOutput`. :meth:`metric_info` declares what the output's losses and metrics are
+    (how reports plot and show them). Buffers and submodules of the task (queues, momentum
+    encoders) are saved in checkpoints with the model. Parameters with ``requires_grad=False``
+    are not optimised.
     """
 
     num_views: ClassVar[int] = 1
@@ -155,6 +159,14 @@ class PretextTask(nn.Module, abc.ABC):
         or ``None`` when the task computes its targets itself on the device.
         """
         return None
+
+    def metric_info(self) -> Sequence[MetricInfo]:
+        """What this task's :class:`TaskOutput` terms are: one :class:`~hcframe.metrics.MetricInfo`
+        per loss or metric name (kind, shown on the progress line, plot). The trainer logs them
+        as ``<task name>/<term>`` and records the declarations in the run directory, where
+        ``hcframe report`` reads them. Undeclared terms are still logged: loss terms as losses,
+        metrics in a plot of other numbers."""
+        return ()
 
     @abc.abstractmethod
     def forward(self, inp: TaskInput) -> TaskOutput: ...
@@ -266,6 +278,11 @@ class Hook:
 
     def after_train(self) -> None:
         """Called once at the end, whether training completed, stopped or failed."""
+
+    def metric_info(self) -> Sequence[MetricInfo]:
+        """Declarations of the numbers this hook logs (``self.trainer.metrics.put(key, value)``);
+        see :meth:`PretextTask.metric_info`."""
+        return ()
 
     def state_dict(self) -> dict[str, Any]:
         """What a resume needs to continue as if never stopped (default: nothing)."""

@@ -1,7 +1,9 @@
 """Recipes: TOML files turned into checked attrs objects before any work starts.
 
 A recipe has a few engine tables (``[train]``, ``[optim]``, ``[schedule]``, ``[combiner]``,
-``[model]``) whose keys are fixed and validated by attrs, and *component tables*: any table with a
+``[model]``) whose keys are fixed and validated by attrs, ``[[eval]]`` tables
+(:mod:`hcframe.eval_tables`), ``[[hooks]]`` tables (hooks run around the training steps, see
+:class:`hcframe.Hook`), and *component tables*: any table with a
 ``name`` key builds the registered component of that name, passing the table's other keys to its
 constructor. Those keys are checked against the constructor's signature (unknown keys, missing
 required ones, value types from the annotations). A constructor parameter annotated with a
@@ -23,6 +25,7 @@ from typing import Any, Literal, Mapping
 import attrs
 
 from hcframe.data import VideoDataset
+from hcframe.engine.combiner import TaskCombiner
 from hcframe.eval_tables import parse_eval_tables
 from hcframe.registry import Registry, get_registry
 from hcframe.tables import (
@@ -102,10 +105,11 @@ class ScheduleSpec:
 
 @attrs.frozen
 class CombinerSpec:
-    """``[combiner]``: how task losses meet. ``weights`` maps task names to fixed weights (1 by
-    default); ``weighting = "uncertainty"`` learns them (Kendall et al. 2018); ``grad_cosine_every``
-    logs the cosine between tasks' gradients on the shared trunk; ``pcgrad`` projects conflicting
-    gradients (Yu et al. 2020)."""
+    """``[combiner]``: how the tasks' gradients meet; all of it is
+    :class:`hcframe.engine.combiner.TaskCombiner`'s (its docstring explains each key).
+    ``weights`` maps task names to fixed weights (1 by default); ``weighting = "uncertainty"``
+    learns them (Kendall et al. 2018); ``grad_cosine_every`` logs the cosine between tasks'
+    gradients on the shared trunk; ``pcgrad`` projects conflicting gradients (Yu et al. 2020)."""
 
     weighting: Literal["fixed", "uncertainty"] = "fixed"
     weights: dict[str, float] = attrs.field(factory=dict)
@@ -140,6 +144,7 @@ class Recipe:
     combiner: CombinerSpec
     evaluations: list[dict[str, Any]]
     raw: dict[str, Any]
+    hooks: list[ComponentSpec] = attrs.field(factory=list)  # [[hooks]], in order
 
     def to_toml(self) -> str:
         return dump_toml(self.raw)
@@ -157,7 +162,7 @@ ENGINE_TABLES: dict[str, type] = {
     "schedule": ScheduleSpec,
     "combiner": CombinerSpec,
 }
-TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", *ENGINE_TABLES)
+TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", "hooks", *ENGINE_TABLES)
 
 
 # --- overrides -----------------------------------------------------------------------------------
@@ -213,21 +218,15 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
     for task_name, table in tasks_table.items():
         tasks[task_name] = build_component("task", table, f"tasks.{task_name}", registry)
     engine = {key: build_engine_table(cls, raw.get(key, {}), key) for key, cls in ENGINE_TABLES.items()}
-    combiner: CombinerSpec = engine["combiner"]
-    for table_name, mapping in (
-        ("combiner.weights", combiner.weights),
-        ("combiner.shared_grad_scale", combiner.shared_grad_scale),
-        ("optim.lr_scale", engine["optim"].lr_scale),
-    ):
-        for task_name in mapping:
-            if task_name not in tasks:
-                raise RecipeError(f"{table_name}.{task_name}: no such task; {suggest(task_name, list(tasks))}")
-    if combiner.pcgrad and combiner.weighting != "fixed":
-        raise RecipeError("combiner.pcgrad: PCGrad projects the gradients of fixed-weight losses; set weighting = \"fixed\"")
-    if model.split != "none":
-        # The stage names are only known once the encoder exists; checked again when it is built.
-        pass
+    for task_name in engine["optim"].lr_scale:
+        if task_name not in tasks:
+            raise RecipeError(f"optim.lr_scale.{task_name}: no such task; {suggest(task_name, list(tasks))}")
+    try:  # the combiner owns the rules of its table (task names, PCGrad with fixed weights)
+        TaskCombiner(list(tasks), **attrs.asdict(engine["combiner"]))
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
     evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
+    hooks = _parse_hooks(raw.get("hooks", []), registry)
 
     resolved: dict[str, Any] = {
         "data": data.to_table(),
@@ -239,6 +238,8 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         resolved[key] = plain(attrs.asdict(spec))
     if evaluations:
         resolved["eval"] = evaluations
+    if hooks:
+        resolved["hooks"] = [h.to_table() for h in hooks]
     return Recipe(
         source=source,
         data=data,
@@ -248,8 +249,16 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         model=model,
         evaluations=evaluations,
         raw=resolved,
+        hooks=hooks,
         **engine,
     )
+
+
+def _parse_hooks(tables: Any, registry: Registry) -> list[ComponentSpec]:
+    """``[[hooks]]``: component tables of kind ``hook``, run after the trainer's own hooks."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RecipeError("hooks: expected [[hooks]] tables, each with name = \"<hook>\" and the hook's arguments")
+    return [build_component("hook", table, f"hooks[{i}]", registry) for i, table in enumerate(tables)]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:

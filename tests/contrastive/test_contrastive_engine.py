@@ -15,6 +15,7 @@ import torch
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.trainer import Trainer
 from hcframe.recipe import dump_toml, load_recipe
+from hcframe_testkit import CrashAfterMicroBatches, Crashed
 
 pytestmark = pytest.mark.usefixtures("testkit")
 
@@ -34,23 +35,9 @@ def recipe_table(batch_norm: bool, steps: int = 6) -> dict:
     }
 
 
-class Killed(Exception):
-    pass
-
-
 def _train(recipe, run_dir, resume=False, kill_after_micro=None):
-    trainer = Trainer(recipe, run_dir, resume=resume, log=lambda m: None)
-    if kill_after_micro is not None:
-        original, calls = trainer._forward, {"n": 0}
-
-        def forward(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] > kill_after_micro:
-                raise Killed()
-            return original(*args, **kwargs)
-
-        trainer._forward = forward
-    return trainer.train()
+    hooks = [CrashAfterMicroBatches(kill_after_micro)] if kill_after_micro is not None else []
+    return Trainer(recipe, run_dir, resume=resume, log=lambda m: None, hooks=hooks).train()
 
 
 def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
@@ -58,7 +45,7 @@ def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
     path.write_text(dump_toml(recipe_table(batch_norm=True)))
     recipe = load_recipe(path)
     _train(recipe, tmp_path / "straight")
-    with pytest.raises(Killed):
+    with pytest.raises(Crashed):
         _train(recipe, tmp_path / "killed", kill_after_micro=3)
     _train(recipe, tmp_path / "killed", resume=True)
     a = load_checkpoint(latest_checkpoint(tmp_path / "straight" / "checkpoints"))["model"]

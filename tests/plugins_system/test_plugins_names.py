@@ -22,7 +22,7 @@ def test_create_unknown_encoder_suggests_the_near_miss_and_lists_installed(fresh
 
 
 def test_unknown_kind_lists_the_kinds(fresh_registry):
-    with pytest.raises(UnknownComponentError, match="no component kind 'encoders'; kinds are dataset, transform, encoder, head, task, teacher"):
+    with pytest.raises(UnknownComponentError, match="no component kind 'encoders'; kinds are dataset, transform, encoder, head, task, teacher, hook"):
         get_registry().get("encoders", "r3d_18")
 
 

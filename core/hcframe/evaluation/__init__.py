@@ -21,6 +21,7 @@ same data extract them once, and evaluating a checkpoint again reuses them.
 
 from hcframe.evaluation.features import FeatureSet, encoder_fingerprint, extract_features, load_or_extract_features
 from hcframe.evaluation.finetune import EncoderPath, FinetuneClassifier, finetune_metrics
+from hcframe.evaluation.hook import EvaluateAtEnd
 from hcframe.evaluation.linear_probe import LinearProbe, Standardizer, fit_linear_classifier, linear_probe_metrics
 from hcframe.evaluation.metrics import (
     clip_level_accuracy,
@@ -51,6 +52,7 @@ from hcframe.eval_tables import (
 __all__ = [
     "EncoderPath",
     "EvalSpec",
+    "EvaluateAtEnd",
     "FeatureSet",
     "FinetuneClassifier",
     "FinetuneOptions",
