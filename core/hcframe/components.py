@@ -28,6 +28,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from hcframe.data import ClipShape
 from hcframe.metrics import MetricInfo
 
 __all__ = [
@@ -192,6 +193,11 @@ class BatchTransform(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, batch: dict[str, Any], train: bool = True) -> dict[str, Any]: ...
+
+    def output_shape(self, clip: ClipShape) -> ClipShape:
+        """The shape of the views this transform makes of clips of shape ``clip`` (default: the
+        same; a transform that crops or resizes says so)."""
+        return clip
 
     def set_part_labels(self, label_names: Sequence[str]) -> None:
         """Called by the engine before training when batches carry ``parts`` with these class

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
-from hcframe.engine.trainer import Trainer
+from hcframe.engine.trainer import Trainer, build_model
 from hcframe.recipe import dump_toml, load_recipe
 from hcframe_testkit import CrashAfterMicroBatches, Crashed
 
@@ -59,6 +59,11 @@ def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
     logged = set().union(*(r.keys() for r in records))
     for name in ("simclr/nce", "simclr/acc", "simclr/pos_sim", "simclr/neg_sim", "moco/nce", "moco/acc", "moco/queue_fill", "moco/momentum"):
         assert name in logged, name
+    # The tasks declared every term they log (what `hcframe report` plots them by).
+    declared = {i.name: i.kind for i in build_model(recipe).metric_info()}
+    task_keys = {k for k in logged if k.split("/")[0] in ("simclr", "moco")}
+    assert task_keys <= set(declared)
+    assert {k for k in task_keys if declared[k] == "loss"} == {"simclr/nce", "simclr/loss", "moco/nce", "moco/loss"}
     assert [r["moco/queue_fill"] for r in records if "moco/queue_fill" in r][:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
 
 

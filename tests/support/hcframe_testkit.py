@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hcframe
-from hcframe.data import sample_generator, split_key
+from hcframe.data import ClipShape, sample_generator, split_key
 
 DIRECTIONS = [(0, 1), (1, 0), (0, -1), (-1, 0)]
 
@@ -25,6 +25,11 @@ class MovingSquares(hcframe.VideoDataset):
     def __init__(self, num_videos: int = 32, frames: int = 4, size: int = 16, seed: int = 0) -> None:
         self.n, self.frames, self.size, self.seed = num_videos, frames, size, seed
         self.class_names = ("right", "down", "left", "up")
+
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape:
+        a = cls.arguments(**args)
+        return ClipShape(a["frames"], a["size"], a["size"])
 
     def __len__(self) -> int:
         return self.n

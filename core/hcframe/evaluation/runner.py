@@ -24,6 +24,7 @@ from hcframe.evaluation.multiview import multiview_probe_metrics
 from hcframe.evaluation.retrieval import retrieval_metrics
 from hcframe.eval_tables import EvalSpec, build_eval_specs
 from hcframe.files import write_json_atomic
+from hcframe.metrics import eval_metric_kind, format_metric, metric_order
 from hcframe.recipe import Recipe
 from hcframe.tables import ComponentSpec
 from hcframe.registry import Registry, get_registry
@@ -232,30 +233,10 @@ def evaluate_checkpoint(
 
 
 # --- display -------------------------------------------------------------------------------------
-def _is_fraction_metric(name: str) -> bool:
-    return name.startswith(("top", "clip_top", "train_top", "R@"))
-
-
-def _metric_order(name: str) -> tuple[int, int, str]:
-    """top-k first, then clip-level, recalls by k, training figures, anything else."""
-    if name.startswith("top"):
-        return (0, int(name[3:]) if name[3:].isdigit() else 0, name)
-    if name.startswith("clip_top"):
-        return (1, 0, name)
-    if name.startswith("R@"):
-        return (2, int(name[2:]) if name[2:].isdigit() else 0, name)
-    if name.startswith("train_"):
-        return (3, 0, name)
-    return (4, 0, name)
-
-
 def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") -> Table:
     """A rich table: one row per result key, one column per float metric (accuracies and
     recalls in %), and the number of train/test videos and test views per video."""
-    columns = sorted(
-        {n for m in results.values() for n, v in m.items() if isinstance(v, float)},
-        key=_metric_order,
-    )
+    columns = sorted({n for m in results.values() for n, v in m.items() if isinstance(v, float)}, key=metric_order)
     table = Table(title=title, caption="accuracies and recalls in %; videos: train/test; views: per test video")
     table.add_column("evaluation", overflow="fold", min_width=20)
     for name in columns:
@@ -263,15 +244,7 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") ->
     table.add_column("videos", justify="right")
     table.add_column("views", justify="right")
     for key, metrics in results.items():
-        cells = []
-        for name in columns:
-            value = metrics.get(name)
-            if not isinstance(value, float):
-                cells.append("-")
-            elif _is_fraction_metric(name):
-                cells.append(f"{100 * value:.1f}")
-            else:
-                cells.append(f"{value:.4g}")
+        cells = [format_metric(metrics[n], eval_metric_kind(n)) if isinstance(metrics.get(n), float) else "-" for n in columns]
         videos = f"{metrics['num_train']}/{metrics['num_test']}" if "num_train" in metrics and "num_test" in metrics else "-"
         table.add_row(key, *cells, videos, str(metrics.get("test_views", "-")))
     return table
