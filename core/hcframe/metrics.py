@@ -145,8 +145,3 @@ def format_metric(value: float, kind: str = "other") -> str:
     if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e15:
         return str(int(value))
     return f"{value:.4g}"
-
-
-def kinds_of(schema: Mapping[str, MetricInfo]) -> dict[str, str]:
-    """``{key: kind}`` of a schema (for callers that only format)."""
-    return {k: i.kind for k, i in schema.items()}

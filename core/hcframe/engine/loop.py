@@ -85,21 +85,23 @@ class TrainerBase:
         """One optimisation step."""
         raise NotImplementedError
 
-    def before_train(self) -> None:
+    def call_hooks(self, stage: str) -> None:
+        """Call every hook's ``stage`` method (``"before_train"``, ...), in registration order."""
         for hook in self.hooks:
-            hook.before_train()
+            getattr(hook, stage)()
+
+    # A subclass extends a stage by overriding it and calling super() where its own work fits.
+    def before_train(self) -> None:
+        self.call_hooks("before_train")
 
     def before_step(self) -> None:
-        for hook in self.hooks:
-            hook.before_step()
+        self.call_hooks("before_step")
 
     def after_step(self) -> None:
-        for hook in self.hooks:
-            hook.after_step()
+        self.call_hooks("after_step")
 
     def after_train(self) -> None:
-        for hook in self.hooks:
-            hook.after_train()
+        self.call_hooks("after_train")
 
     def hook_states(self) -> dict[str, Any]:
         """Every stateful hook's :meth:`~hcframe.Hook.state_dict`, by its ``state_key``."""

@@ -113,7 +113,7 @@ def finetune_metrics(
     drop_last = len(train_dataset) >= batch_size  # no batch of one for batch norm
     loader = make_loader(train_dataset, batch_size, num_workers, sampler=sampler, drop_last=drop_last)
     steps_per_epoch = len(loader)
-    total_steps = options.epochs * steps_per_epoch
+    max_steps = options.epochs * steps_per_epoch
     optimizer = build_optimizer(
         net, OptimSpec(name=options.optimizer, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay), device.type
     )
@@ -124,7 +124,7 @@ def finetune_metrics(
             milestones=[m * steps_per_epoch for m in options.milestones],
             gamma=options.gamma,
         ),
-        total_steps,
+        max_steps,
     )
     scaler = grad_scaler(device, precision)
     step, epoch_loss, bad_count = 0, float("nan"), 0
@@ -139,7 +139,7 @@ def finetune_metrics(
             bad_count += len(bad)
             if "views" not in batch:
                 continue
-            set_learning_rate(optimizer, options.lr, schedule, step, total_steps)
+            set_learning_rate(optimizer, options.lr, schedule, step, max_steps)
             views = device_views(batch, train_transform, device, train=True)
             clips = torch.cat(views, dim=0)
             labels = batch["label"].view(-1).long().to(device).repeat(len(views))

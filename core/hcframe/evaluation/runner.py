@@ -16,6 +16,7 @@ import torch
 from rich.table import Table
 
 from hcframe.engine import distributed as hd
+from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
 from hcframe.evaluation.features import encoder_fingerprint, load_or_extract_features
 from hcframe.evaluation.finetune import finetune_metrics
@@ -167,26 +168,13 @@ def load_model_weights(model: MultiTaskModel, checkpoint: Path) -> dict[str, Any
     """Load a training checkpoint's ``model`` weights (or a bare state dict) into ``model``
     (``weights_only=True``). Returns the checkpoint's other fields (``step`` …). Raises
     ``ValueError`` with one line when the weights do not fit the recipe's model."""
-    from hcframe.engine.checkpoint import load_checkpoint
-
     state = load_checkpoint(Path(checkpoint))
     weights = state["model"] if isinstance(state, dict) and isinstance(state.get("model"), dict) else state
     if not isinstance(weights, dict):
         raise ValueError(f"{checkpoint}: holds no model weights (expected a training checkpoint or a state dict)")
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    reshaped = [k for k in own if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)})")
-        raise ValueError(f"{checkpoint}: weights do not fit the recipe's model: {'; '.join(parts)}; use the recipe the checkpoint was trained with")
+    mismatch = compare_state_dicts(model.state_dict(), weights)
+    if mismatch:
+        raise ValueError(f"{checkpoint}: weights do not fit the recipe's model: {mismatch.describe()}; use the recipe the checkpoint was trained with")
     model.load_state_dict(weights)
     return {k: v for k, v in state.items() if k != "model"} if weights is not state else {}
 
