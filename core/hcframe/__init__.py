@@ -5,6 +5,7 @@ from hcframe.components import (
     Encoder,
     EncoderOutput,
     Head,
+    Hook,
     PretextTask,
     StateDictLayout,
     TaskInput,
@@ -12,6 +13,7 @@ from hcframe.components import (
     Teacher,
 )
 from hcframe.data import BadVideo, TargetStore, VideoDataset
+from hcframe.metrics import MetricInfo
 from hcframe.registry import (
     ComponentRecord,
     get_registry,
@@ -28,6 +30,8 @@ __all__ = [
     "Encoder",
     "EncoderOutput",
     "Head",
+    "Hook",
+    "MetricInfo",
     "PretextTask",
     "StateDictLayout",
     "TargetStore",

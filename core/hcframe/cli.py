@@ -20,7 +20,7 @@ from rich.table import Table
 
 from hcframe import __version__
 from hcframe.recipe import RecipeError, load_recipe
-from hcframe.registry import ENV_PLUGINS, ENV_STRICT, PluginError, get_registry
+from hcframe.registry import ENV_PLUGINS, ENV_STRICT, KINDS, PluginError, get_registry
 
 __all__ = ["cli", "main"]
 
@@ -96,14 +96,11 @@ def cli() -> None:
 # --- plugins ---------------------------------------------------------------------------------------
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (kind, name, provider, version, summary).")
-@click.option("--kind", default=None, help="Only components of this kind.")
+@click.option("--kind", default=None, type=click.Choice(KINDS), help="Only components of this kind.")
 def plugins_command(as_json: bool, kind: str | None) -> None:
     """List registered components and the distributions that provide them."""
     registry = _registry_or_fail()
-    try:
-        records = registry.list(kind)
-    except KeyError:
-        fail(f"--kind {kind}: unknown kind; kinds are dataset, transform, encoder, head, task, teacher", 2)
+    records = registry.list(kind)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
         return
@@ -180,8 +177,14 @@ def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from hcframe.metrics import read_metric_schema
+
     final = summary.get("final_metrics", {})
-    shown = {k: v for k, v in final.items() if isinstance(v, float) and (k == "loss" or "/" in k)}
+    try:  # the keys the run declared for the progress line
+        progress = {k for k, info in read_metric_schema(summary["run_dir"]).items() if info.progress}
+    except ValueError:
+        progress = set()
+    shown = {k: v for k, v in final.items() if isinstance(v, float) and (k == "loss" or k in progress)}
     err_console.print(
         f"[bold green]{summary['status']}[/] {summary.get('steps', 0)} steps in {summary['wall_time_s']:.1f} s; "
         + " ".join(f"{k}={v:.4g}" for k, v in shown.items()),
@@ -200,28 +203,29 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @cli.command("info")
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
-@click.option("--frames", type=int, default=None, help="Clip length (default: the dataset's clip_len).")
-@click.option("--size", type=int, default=None, help="Clip side in pixels (default: the transform's crop_size).")
+@click.option("--frames", type=int, default=None, help="Clip length (default: what the dataset declares).")
+@click.option("--size", type=int, default=None, help="Clip side in pixels (default: what the dataset declares, through the transform).")
 @click.option("--json", "as_json", is_flag=True)
 def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | None, size: int | None, as_json: bool) -> None:
     """Parameter count and FLOPs per clip and per step (all views), counted with fvcore."""
     recipe = _load(recipe_path, overrides)
     from hcframe.engine.trainer import RunFailed, build_model
-    from hcframe.info import model_info
+    from hcframe.info import model_info, training_clip_shape
 
-    frames = frames or recipe.data.args.get("clip_len")
-    size = size or recipe.transform.args.get("crop_size")
-    if not isinstance(frames, int) or not isinstance(size, int):
-        fail(f"{recipe.source}: cannot tell the clip shape from data.clip_len / transform.crop_size; pass --frames and --size", 2)
+    declared = training_clip_shape(recipe) if frames is None or size is None else None
+    if (frames is None or size is None) and declared is None:
+        fail(f"{recipe.source}: dataset {recipe.data.name!r} does not declare its clip shape; pass --frames and --size", 2)
+    frames = frames or declared.frames
+    height, width = (size, size) if size else (declared.height, declared.width)
     try:
         model = build_model(recipe)
     except RunFailed as exc:
         fail(str(exc), 2)
-    info = model_info(model, frames=frames, size=size)
+    info = model_info(model, frames, height, width)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    table = Table(title=f"{recipe.source}: {recipe.encoder.name}, split {recipe.model.split}, clip 3x{frames}x{size}x{size}")
+    table = Table(title=f"{recipe.source}: {recipe.encoder.name}, split {recipe.model.split}, clip 3x{frames}x{height}x{width}")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("encoder parameters", f"{info['encoder_parameters']:,}")
@@ -306,7 +310,6 @@ def export_encoder_command(checkpoint: str, out: str, branch: str, layout: str, 
 def report_command(run_dir: str, out_dir: str | None) -> None:
     """PNG plots of a run's losses, learning rate, accuracies, parsing quality, gradient cosines
     and loss weights over steps, and its evaluation results as Markdown (eval.md)."""
-    from rich.markup import escape
 
     from hcframe.report import ReportError, write_report
 
@@ -329,7 +332,6 @@ def report_command(run_dir: str, out_dir: str | None) -> None:
 def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, overrides: tuple[str, ...], metrics: tuple[str, ...]) -> None:
     """Run each RECIPE for every seed (sequentially, resumable: finished runs are skipped) and
     print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, .png."""
-    from rich.markup import escape
 
     from hcframe.ablation import AblationError, ablation_table, parse_seeds, run_ablation, write_ablation_outputs
 

@@ -1,6 +1,6 @@
 """The abstract components hcframe composes into a run.
 
-Five kinds of things are registered and created by name (see :mod:`hcframe.registry`):
+Seven kinds of things are registered and created by name (see :mod:`hcframe.registry`):
 
 ========== ============================================ =================================
 kind       base class                                   what it is
@@ -11,6 +11,7 @@ encoder    :class:`Encoder`                             a video trunk made of or
 head       :class:`Head`                                maps encoder outputs to predictions
 task       :class:`PretextTask`                         batch + features -> named losses
 teacher    :class:`Teacher`                             frozen frames -> per-pixel part logits
+hook       :class:`Hook`                                code run around the training steps
 ========== ============================================ =================================
 
 They are deliberately small. Research code subclasses them; nothing here reads a recipe.
@@ -27,11 +28,15 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from hcframe.data import ClipShape
+from hcframe.metrics import MetricInfo
+
 __all__ = [
     "BatchTransform",
     "Encoder",
     "EncoderOutput",
     "Head",
+    "Hook",
     "PretextTask",
     "StateDictLayout",
     "TaskInput",
@@ -174,8 +179,10 @@ class PretextTask(nn.Module, abc.ABC):
     A task declares what it needs (``num_views`` clips of the same video, and batch keys in
     ``needs`` such as ``"parts"`` or ``"label"``), builds its heads in :meth:`setup` once the
     encoder's feature dimension is known, and turns a :class:`TaskInput` into a
-    :class:`TaskOutput`. Buffers and submodules of the task (queues, momentum encoders) are saved in
-    checkpoints with the model. Parameters with ``requires_grad=False`` are not optimised.
+    :class:`TaskOutput`. :meth:`metric_info` declares what the output's losses and metrics are
+    (how reports plot and show them). Buffers and submodules of the task (queues, momentum
+    encoders) are saved in checkpoints with the model. Parameters with ``requires_grad=False``
+    are not optimised.
     """
 
     num_views: ClassVar[int] = 1
@@ -194,6 +201,14 @@ class PretextTask(nn.Module, abc.ABC):
         or ``None`` when the task computes its targets itself on the device.
         """
         return None
+
+    def metric_info(self) -> Sequence[MetricInfo]:
+        """What this task's :class:`TaskOutput` terms are: one :class:`~hcframe.metrics.MetricInfo`
+        per loss or metric name (kind, shown on the progress line, plot). The trainer logs them
+        as ``<task name>/<term>`` and records the declarations in the run directory, where
+        ``hcframe report`` reads them. Undeclared terms are still logged: loss terms as losses,
+        metrics in a plot of other numbers."""
+        return ()
 
     @abc.abstractmethod
     def forward(self, inp: TaskInput) -> TaskOutput: ...
@@ -220,6 +235,11 @@ class BatchTransform(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def forward(self, batch: dict[str, Any], train: bool = True) -> dict[str, Any]: ...
+
+    def output_shape(self, clip: ClipShape) -> ClipShape:
+        """The shape of the views this transform makes of clips of shape ``clip`` (default: the
+        same; a transform that crops or resizes says so)."""
+        return clip
 
     def set_part_labels(self, label_names: Sequence[str]) -> None:
         """Called by the engine before training when batches carry ``parts`` with these class
@@ -274,3 +294,60 @@ class Teacher(nn.Module, abc.ABC):
     def train(self, mode: bool = True) -> "Teacher":
         # A teacher never leaves eval mode: its batch-norm statistics are part of its identity.
         return super().train(False)
+
+
+class Hook:
+    """Code that runs at fixed points of training, with the trainer at hand.
+
+    The trainer calls, in the order the hooks were registered::
+
+        hook.before_train()                 # after setup (and a resume), before the first step
+        while training:
+            hook.before_step()              # trainer.step: optimisation steps done so far
+            trainer.run_step()              # one optimisation step (all its micro-batches)
+            hook.after_step()               # trainer.step: now counts this step too
+        hook.after_train()                  # always, also after a failure (see trainer.status)
+
+    ``self.trainer`` is set when the hook is registered (a weak proxy: hooks do not keep the
+    trainer alive); through it a hook reads the model, the step, the metric log and the run
+    directory (see :class:`hcframe.engine.trainer.Trainer`). Keep :meth:`before_step` cheap: work
+    that takes time belongs in :meth:`after_step`. To end training early and cleanly, call
+    ``self.trainer.request_stop(reason)``; an exception raised by a hook fails the run.
+
+    A hook whose state must survive a resume returns it from :meth:`state_dict` (tensors and
+    plain Python values: checkpoints load with ``weights_only=True``) and takes it back in
+    :meth:`load_state_dict`; it is stored in checkpoints under the hook's :attr:`state_key`.
+    Recipes add hooks with ``[[hooks]]`` tables (``name`` and the constructor's arguments).
+    """
+
+    trainer: Any = None
+
+    @property
+    def state_key(self) -> str:
+        """Where this hook's state is kept in a checkpoint (default: its class name)."""
+        return type(self).__qualname__
+
+    def before_train(self) -> None:
+        """Called once, before the first step."""
+
+    def before_step(self) -> None:
+        """Called before every optimisation step."""
+
+    def after_step(self) -> None:
+        """Called after every optimisation step."""
+
+    def after_train(self) -> None:
+        """Called once at the end, whether training completed, stopped or failed."""
+
+    def metric_info(self) -> Sequence[MetricInfo]:
+        """Declarations of the numbers this hook logs (``self.trainer.metrics.put(key, value)``);
+        see :meth:`PretextTask.metric_info`."""
+        return ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resume needs to continue as if never stopped (default: nothing)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned."""
+

@@ -30,13 +30,14 @@ inside those sizes. Batches whose frames agree have neither key.
 from __future__ import annotations
 
 import abc
-from typing import Any, Sequence
+import inspect
+from typing import Any, NamedTuple, Sequence
 
 import attrs
 import torch
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["BadVideo", "TargetStore", "VideoDataset", "collate", "pad_picture", "sample_generator", "split_key"]
+__all__ = ["BadVideo", "ClipShape", "TargetStore", "VideoDataset", "collate", "pad_picture", "sample_generator", "split_key"]
 
 VIEWS = "views"
 LABEL = "label"
@@ -46,6 +47,14 @@ PARTS = "parts"
 BAD = "bad_videos"
 #: Picture keys padded to a common size by :func:`collate`, and the keys of their true sizes.
 PADDED_SIZES = {VIEWS: "views_hw", PARTS: "parts_hw"}
+
+
+class ClipShape(NamedTuple):
+    """Frames, height and width of the clips a dataset returns (or a transform makes of them)."""
+
+    frames: int
+    height: int
+    width: int
 
 
 @attrs.frozen
@@ -98,6 +107,20 @@ class VideoDataset(Dataset, abc.ABC):
 
     @abc.abstractmethod
     def video_path(self, index: int) -> str: ...
+
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape | None:
+        """The shape of the clips ``cls(**args)`` returns, worked out from the constructor
+        arguments alone (``hcframe info`` does not build datasets: that may read or generate a
+        whole dataset). ``None`` (the default): it cannot be told that way."""
+        return None
+
+    @classmethod
+    def arguments(cls, **args: Any) -> dict[str, Any]:
+        """``args`` with the constructor's defaults filled in (for :meth:`clip_shape`)."""
+        bound = inspect.signature(cls).bind_partial(**args)
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     @property
     def num_classes(self) -> int:

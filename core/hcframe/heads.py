@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hcframe.components import Head, PretextTask, TaskInput, TaskOutput
+from hcframe.metrics import MetricInfo
 
 __all__ = ["LinearHead", "OnlineLinearProbe", "SupervisedClassification"]
 
@@ -39,6 +40,9 @@ class SupervisedClassification(PretextTask):
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = LinearHead(feature_dim, self.num_classes, self.dropout)
 
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return (MetricInfo("ce", "loss", progress=True), MetricInfo("acc", "accuracy", progress=True))
+
     def forward(self, inp: TaskInput) -> TaskOutput:
         assert self.head is not None, "setup() was not called"
         logits = self.head(inp.features[0].pooled)
@@ -65,6 +69,9 @@ class OnlineLinearProbe(PretextTask):
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = LinearHead(feature_dim, self.num_classes)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return (MetricInfo("ce", "loss"), MetricInfo("acc", "accuracy", progress=True))
 
     def forward(self, inp: TaskInput) -> TaskOutput:
         assert self.head is not None, "setup() was not called"

@@ -55,7 +55,7 @@ ENV_DISABLE_AUTOLOAD = "HCFRAME_DISABLE_PLUGIN_AUTOLOAD"
 ENV_STRICT = "HCFRAME_STRICT_PLUGINS"
 ENV_PLUGINS = "HCFRAME_PLUGINS"
 
-KINDS = ("dataset", "transform", "encoder", "head", "task", "teacher")
+KINDS = ("dataset", "transform", "encoder", "head", "task", "teacher", "hook")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -217,10 +217,12 @@ class Registry:
         """Records sorted by kind then name; ``pattern`` is a shell-style filter on names."""
         import fnmatch
 
+        if kind is not None and kind not in KINDS:
+            raise UnknownComponentError(f"no component kind {kind!r}; kinds are {', '.join(KINDS)}")
         kinds = KINDS if kind is None else (kind,)
         out = []
         for k in kinds:
-            for n in sorted(self._records.get(k, {})):
+            for n in sorted(self._records[k]):
                 if pattern is None or fnmatch.fnmatch(n, pattern):
                     out.append(self._records[k][n])
         return out

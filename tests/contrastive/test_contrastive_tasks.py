@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hcframe import TaskInput, get_registry
+from hcframe import get_registry
 from hcframe.engine.model import MultiTaskModel
 from hcframe_contrastive import MoCoTask, MomentumEncoder, NegativeQueue, SimCLRTask, momentum_at
 

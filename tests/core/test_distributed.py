@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.trainer import build_model
 from hcframe.recipe import load_recipe
+
+pytestmark = pytest.mark.usefixtures("testkit")
 
 
 def _run(args, cwd, nproc):

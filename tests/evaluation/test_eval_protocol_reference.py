@@ -18,10 +18,12 @@ from hcframe.evaluation import finetune as finetune_module
 from hcframe.evaluation import runner as runner_module
 from hcframe.evaluation.features import FeatureSet
 from hcframe.evaluation.linear_probe import fit_linear_classifier
-from hcframe.evaluation.spec import FinetuneOptions
+from hcframe.eval_tables import FinetuneOptions
 from hcframe.recipe import parse_recipe
 from hcframe.registry import build_registry
 from hcframe.transforms import Normalize
+
+pytestmark = pytest.mark.usefixtures("testkit")
 
 
 # --- linear probe -----------------------------------------------------------------------------------

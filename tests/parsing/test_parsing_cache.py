@@ -3,7 +3,6 @@ frame step, resumable/atomic building, refusal of a stale cache, and the CLI com
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -108,8 +107,7 @@ class _TestPlugin:
         registry.add("dataset", "parsing_test_folder", FolderVideos)
 
 
-def test_cache_teacher_command(tmp_path, video_folder, tiny_parser_file):
-    hcframe.register_plugin("hcframe_testkit")  # tiny3d_test encoder
+def test_cache_teacher_command(tmp_path, video_folder, tiny_parser_file, testkit):  # testkit: the tiny3d_test encoder
     hcframe.register_plugin(_TestPlugin(), name="parsing-cache-test")
     parser = tiny_parser_file()
     cache_dir = tmp_path / "cache"

@@ -13,6 +13,8 @@ from PIL import Image
 from hcframe.ablation import AblationError, aggregate, mean_std, parse_seeds, run_ablation, run_metrics, select_metrics
 from hcframe.cli import cli
 
+pytestmark = pytest.mark.usefixtures("testkit")
+
 
 def test_mean_and_sample_std_match_the_statistics_module():
     values = [0.5, 0.625, 0.8125]

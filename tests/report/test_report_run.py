@@ -11,7 +11,8 @@ from PIL import Image
 
 from hcframe.cli import cli
 from hcframe.plots import LineSeries, line_chart
-from hcframe.report import GROUPS, ReportError, classify_key, eval_markdown, read_metrics, write_report
+from hcframe.metrics import MetricInfo, write_metric_schema
+from hcframe.report import GROUPS, ReportError, classify_key, eval_markdown, plot_groups, read_metrics, write_report
 
 # Steps 1-4, then a resume from the step-2 checkpoint replays steps 3-4 with other values.
 LINES = [
@@ -28,6 +29,23 @@ LINES = [
      "parsing/kl": 0.5, "parsing/miou": 0.25, "parsing/pixel_acc": 0.6, "parsing/loss": 0.5, "weight/contrastive": 1.0,
      "weight/parsing": 2.0, "contrastive/pos_sim": 0.7, "clips_per_s": 11.0, "time": 1.0e9 + 2},
 ]
+# What the tasks, the combiner and the trainer of this hand-written run declared.
+SCHEMA = [
+    MetricInfo("loss", "loss", progress=True),
+    MetricInfo("lr", "other", plot="learning_rate"),
+    MetricInfo("clips_per_s", "other", plot="throughput"),
+    MetricInfo("contrastive/loss", "loss"),
+    MetricInfo("contrastive/nce", "loss", progress=True),
+    MetricInfo("contrastive/acc", "accuracy", progress=True),
+    MetricInfo("contrastive/pos_sim", "other", plot="contrastive_similarity"),
+    MetricInfo("parsing/loss", "loss"),
+    MetricInfo("parsing/kl", "loss"),
+    MetricInfo("parsing/miou", "fraction", plot="parsing_quality"),
+    MetricInfo("parsing/pixel_acc", "accuracy", plot="parsing_quality"),
+    MetricInfo("weight/contrastive", "other", plot="loss_weights"),
+    MetricInfo("weight/parsing", "other", plot="loss_weights"),
+    MetricInfo("grad_cos/contrastive~parsing", "other", plot="gradient_cosine"),
+]
 EVAL = {
     "linear_probe/ucf101/concat/split1": {"top1": 0.625, "top5": 0.875, "num_train": 40, "num_test": 16, "bad_videos": []},
     "retrieval/ucf101/contrastive/split1": {"R@1": 0.5, "R@5": 0.8125, "splits": [1]},
@@ -35,8 +53,10 @@ EVAL = {
 }
 
 
-def write_run(folder, lines=LINES, summary=True, eval_results=EVAL):
+def write_run(folder, lines=LINES, summary=True, eval_results=EVAL, schema=SCHEMA):
     folder.mkdir(parents=True, exist_ok=True)
+    if schema is not None:
+        write_metric_schema(folder, schema)
     with open(folder / "metrics.jsonl", "w") as f:
         for line in lines:
             f.write(json.dumps(line) + "\n")  # NaN is written as the NaN token, as the trainer does
@@ -58,26 +78,35 @@ def test_read_metrics_merges_lines_and_keeps_the_last_value_of_a_replayed_step(t
     assert "step" not in series
 
 
-def test_keys_are_grouped_by_what_they_measure():
+def test_keys_are_plotted_where_their_declaration_says():
+    schema = {i.name: i for i in SCHEMA + [MetricInfo("sup/acc", "accuracy"), MetricInfo("parsing/valid_fraction", "fraction")]}
     expected = {
-        "loss": "losses", "contrastive/nce": "losses", "parsing/kl": "losses", "parsing/loss": "losses", "sup/ce": "losses",
-        "lr": "learning_rate", "contrastive/acc": "contrastive_accuracy", "parsing/miou": "parsing_quality",
-        "parsing/pixel_acc": "parsing_quality", "grad_cos/a~b": "gradient_cosine", "weight/parsing": "loss_weights",
-        "contrastive/pos_sim": "task_metrics", "parsing/valid_fraction": "task_metrics", "clips_per_s": "throughput",
-        "time": None, "epoch": None,
+        "loss": "losses", "contrastive/nce": "losses", "parsing/kl": "losses", "parsing/loss": "losses",
+        "lr": "learning_rate", "contrastive/acc": "accuracy", "sup/acc": "accuracy", "parsing/miou": "parsing_quality",
+        "parsing/pixel_acc": "parsing_quality", "grad_cos/a~b": "task_metrics", "weight/parsing": "loss_weights",
+        "contrastive/pos_sim": "contrastive_similarity", "parsing/valid_fraction": "fractions", "clips_per_s": "throughput",
+        "undeclared/thing": "task_metrics", "time": None, "epoch": None, "step": None,
     }
-    assert {key: classify_key(key) for key in expected} == expected
-    assert {g.name for g in GROUPS} >= set(v for v in expected.values() if v)
+    assert {key: classify_key(key, schema) for key in expected} == expected
+    # The core's plots first, in their fixed order, then the declared ones by first appearance.
+    groups = plot_groups(list(expected), schema)
+    assert [g.name for g in groups] == [
+        "losses", "learning_rate", "accuracy", "fractions", "loss_weights", "task_metrics", "throughput",
+        "parsing_quality", "contrastive_similarity",
+    ]
+    named = {g.name: g for g in groups}
+    assert (named["parsing_quality"].title, named["parsing_quality"].ylabel) == ("Parsing quality", "value")  # mixed kinds
+    assert named["contrastive_similarity"].title == "Contrastive similarity"
 
 
 def test_report_writes_one_png_per_group_with_data_and_the_eval_table(tmp_path):
     run = write_run(tmp_path / "run")
     written = write_report(run)
-    names = sorted(p.name for p in written)
-    assert names == sorted(
-        ["losses.png", "learning_rate.png", "contrastive_accuracy.png", "parsing_quality.png", "gradient_cosine.png",
-         "loss_weights.png", "task_metrics.png", "throughput.png", "eval.md"]
-    )
+    names = [p.name for p in written]
+    assert names == [
+        "losses.png", "learning_rate.png", "accuracy.png", "gradient_cosine.png", "loss_weights.png", "throughput.png",
+        "parsing_quality.png", "contrastive_similarity.png", "eval.md",  # declared plots by first appearance
+    ]
     assert all(p.parent == run / "report" for p in written)
     for path in written:
         if path.suffix == ".png":
@@ -99,6 +128,9 @@ def test_report_writes_one_png_per_group_with_data_and_the_eval_table(tmp_path):
     assert "| finetune/hmdb51/concat | 33.33 | - | - | - | 1.235 | - | - |" in text
     assert "status **completed**, 4 steps, wall time 12.5 s" in text
     assert "![losses](losses.png)" in text
+    # Training metrics are shown as their declarations say: accuracies and fractions in %.
+    assert "| contrastive/acc | 50.00 % |" in text and "| parsing/miou | 25.00 % |" in text
+    assert "| contrastive/pos_sim | 0.7 |" in text and "| parsing/kl | 0.5 |" in text
 
 
 def test_groups_without_data_are_skipped_and_out_dir_is_honoured(tmp_path):
@@ -107,6 +139,30 @@ def test_groups_without_data_are_skipped_and_out_dir_is_honoured(tmp_path):
     written = write_report(run, tmp_path / "elsewhere")
     assert sorted(p.name for p in written) == ["eval.md", "learning_rate.png", "losses.png"]  # miou is all NaN
     assert "No evaluation results in `summary.json`." in (tmp_path / "elsewhere" / "eval.md").read_text()
+    # A folder without metrics_schema.json: nothing says what the keys are, so they share one plot.
+    bare = write_run(tmp_path / "bare", LINES, eval_results=None, schema=None)
+    assert sorted(p.name for p in write_report(bare)) == ["eval.md", "task_metrics.png"]
+
+
+def test_a_trained_run_declares_its_metrics_and_the_report_follows_them(testkit, write_recipe, tmp_path):
+    from hcframe.recipe import load_recipe
+    from hcframe.run import run_recipe
+
+    recipe = load_recipe(write_recipe("tiny", combiner={"grad_cosine_every": 1}, eval=[]))
+    run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    schema = json.loads((tmp_path / "run" / "metrics_schema.json").read_text())["metrics"]
+    declared = {m["name"]: (m["kind"], m["progress"], m["plot"]) for m in schema}
+    assert declared == {
+        "loss": ("loss", True, ""), "lr": ("other", False, "learning_rate"), "clips_per_s": ("other", False, "throughput"),
+        "sup/loss": ("loss", False, ""), "sup/ce": ("loss", True, ""), "sup/acc": ("accuracy", True, ""),
+        "bright/loss": ("loss", False, ""), "bright/mse": ("loss", True, ""),
+        "weight/sup": ("other", False, "loss_weights"), "weight/bright": ("other", False, "loss_weights"),
+        "grad_cos/sup~bright": ("other", False, "gradient_cosine"),
+    }
+    logged = set().union(*(json.loads(line).keys() for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()))
+    assert logged - {"step", "epoch", "time"} == set(declared)  # every logged key is declared
+    names = [p.name for p in write_report(tmp_path / "run")]
+    assert names == ["losses.png", "learning_rate.png", "accuracy.png", "gradient_cosine.png", "loss_weights.png", "throughput.png", "eval.md"]
 
 
 def test_a_truncated_last_line_is_ignored_but_a_broken_middle_line_is_an_error(tmp_path):

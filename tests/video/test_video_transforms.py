@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -163,3 +165,17 @@ def test_mirrored_part_maps_swap_left_and_right_classes():
     assert out[:, 14].abs().max() < 1e-6
     plain = VideoAugment(crop_size=8, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=1.0, jitter_prob=0, grayscale_prob=0, blur_prob=0)
     assert plain(batch, train=True)["parts"][0][:, 14, :, :, -2:].min() > 0.99  # without labels: no swap
+
+
+def test_declared_clip_shape_follows_the_dataset_and_transform_arguments():
+    """``hcframe info``'s clip shape: the dataset's clip_len and crop (the synthetic world's short
+    side when crop_size is 0), then the transform's crop_size; no dataset is built for it."""
+    from hcframe.info import training_clip_shape
+    from hcframe.recipe import load_recipe
+
+    quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.toml"
+    assert training_clip_shape(load_recipe(quickstart)) == (8, 32, 32)
+    assert training_clip_shape(load_recipe(quickstart, ["data.clip_len=4", "transform.crop_size=24"])) == (4, 24, 24)
+    assert training_clip_shape(load_recipe(quickstart, ['transform={name = "normalize"}', "data.crop_size=20"])) == (8, 20, 20)
+    ucf = load_recipe(quickstart, ['data={name = "ucf101", root = "/nonexistent", clip_len = 16, crop_size = 112}', "transform.crop_size=96"])
+    assert training_clip_shape(ucf) == (16, 96, 96)

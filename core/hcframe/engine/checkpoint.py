@@ -2,18 +2,59 @@
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import attrs
 
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
+from hcframe.files import atomic_path
+
+__all__ = ["StateDictMismatch", "capture_rng", "compare_state_dicts", "latest_checkpoint", "load_checkpoint", "restore_rng", "save_checkpoint"]
 
 _NAME = re.compile(r"step_(\d+)\.pt$")
+
+
+@attrs.frozen
+class StateDictMismatch:
+    """How a state dict differs from the one a module expects (empty lists: it fits)."""
+
+    missing: list[str]  # expected keys it lacks
+    unexpected: list[str]  # keys the module does not have
+    reshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (key, given shape, expected shape)
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.reshaped)
+
+    def describe(self) -> str:
+        """One line: how many of each kind, with the first of each."""
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} weights missing (e.g. {self.missing[0]})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected (e.g. {self.unexpected[0]})")
+        if self.reshaped:
+            key, given, expected = self.reshaped[0]
+            parts.append(f"{len(self.reshaped)} of another shape (e.g. {key}: {given} vs {expected})")
+        return "; ".join(parts)
+
+
+def compare_state_dicts(expected: Mapping[str, Any], given: Mapping[str, Any]) -> StateDictMismatch:
+    """Keys and shapes of ``given`` against ``expected`` (e.g. ``module.state_dict()``), in
+    ``expected``'s order (unexpected keys in ``given``'s)."""
+    return StateDictMismatch(
+        missing=[k for k in expected if k not in given],
+        unexpected=[k for k in given if k not in expected],
+        reshaped=[
+            (k, tuple(given[k].shape), tuple(expected[k].shape))
+            for k in expected
+            if k in given and hasattr(given[k], "shape") and tuple(given[k].shape) != tuple(expected[k].shape)
+        ],
+    )
 
 
 def capture_rng() -> dict[str, Any]:
@@ -43,14 +84,9 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int = 2) -> Path:
     """Write ``step_XXXXXXXX.pt`` atomically (temporary file, fsync, rename); keep the newest ``keep``."""
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step_{step:08d}.pt"
-    tmp = directory / f".{final.name}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
+    with atomic_path(final, fsync=True) as tmp:
+        torch.save(state, tmp)
     for old in sorted(_checkpoints(directory))[:-keep]:
         old[1].unlink(missing_ok=True)
     return final

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,12 +21,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hcframe.data import BAD, collate
+from hcframe.files import atomic_path
 from hcframe.engine.model import MultiTaskModel
+from hcframe.engine.precision import autocast
 
 __all__ = [
     "FeatureSet",
     "TestViews",
-    "autocast_context",
     "device_views",
     "encoder_fingerprint",
     "extract_features",
@@ -58,14 +57,6 @@ class FeatureSet:
     def video_features(self) -> Tensor:
         """``[N, D]``: each video's features averaged over its views."""
         return self.features.mean(dim=1)
-
-
-def autocast_context(device: torch.device, precision: str) -> Any:
-    """Autocast for ``precision`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, as in training)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def _branch_modules(model: MultiTaskModel, branch: str) -> list[tuple[str, nn.Module]]:
@@ -154,7 +145,7 @@ def extract_features(
     labels: list[Tensor] = []
     ids: list[str] = []
     for views, batch in readable:
-        with autocast_context(device, precision):
+        with autocast(device, precision):
             per_view = [model.encode(v, branch).float() for v in views]
         features.append(torch.stack(per_view, dim=1).cpu())
         labels.append(batch["label"].view(-1).cpu().long())
@@ -165,13 +156,6 @@ def extract_features(
     if bool((all_labels < 0).any()):
         raise ValueError(f"dataset {type(dataset).__name__} has unlabelled videos (label -1); evaluation needs labels")
     return FeatureSet(torch.cat(features), all_labels, ids, len(getattr(dataset, "class_names", ())), readable.num_bad)
-
-
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def load_or_extract_features(
@@ -225,9 +209,7 @@ def load_or_extract_features(
     log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
                           num_workers=num_workers, precision=precision, log=log)
-    _save_atomic(
-        {"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
-         "num_classes": fs.num_classes, "num_bad": fs.num_bad},
-        path,
-    )
+    with atomic_path(path) as tmp:
+        torch.save({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
+                    "num_classes": fs.num_classes, "num_bad": fs.num_bad}, tmp)
     return fs, path, False

@@ -17,9 +17,10 @@ from hcframe.data import BAD
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.sampler import EpochSampler
-from hcframe.evaluation.features import TestViews, autocast_context, device_views, make_loader
+from hcframe.engine.precision import autocast, grad_scaler
+from hcframe.evaluation.features import TestViews, device_views, make_loader
 from hcframe.evaluation.metrics import multiview_metrics
-from hcframe.evaluation.spec import FinetuneOptions
+from hcframe.eval_tables import FinetuneOptions
 from hcframe.heads import LinearHead
 from hcframe.recipe import OptimSpec, ScheduleSpec
 
@@ -82,7 +83,7 @@ def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torc
     readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
     scores, labels = [], []
     for views, batch in readable:
-        with autocast_context(device, precision):
+        with autocast(device, precision):
             scores.append(torch.stack([net(v).float() for v in views], dim=1).cpu())
         labels.append(batch["label"].view(-1).long())
     if not scores:
@@ -126,7 +127,7 @@ def finetune_metrics(
     drop_last = len(train_dataset) >= batch_size  # no batch of one for batch norm
     loader = make_loader(train_dataset, batch_size, num_workers, sampler=sampler, drop_last=drop_last)
     steps_per_epoch = len(loader)
-    total_steps = options.epochs * steps_per_epoch
+    max_steps = options.epochs * steps_per_epoch
     optimizer = build_optimizer(
         net, OptimSpec(name=options.optimizer, lr=lr, momentum=options.momentum, weight_decay=options.weight_decay), device.type
     )
@@ -137,10 +138,9 @@ def finetune_metrics(
             milestones=[m * steps_per_epoch for m in options.milestones],
             gamma=options.gamma,
         ),
-        total_steps,
+        max_steps,
     )
-    resolved = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=resolved == "fp16")
+    scaler = grad_scaler(device, precision)
     step, epoch_loss, bad_count = 0, float("nan"), 0
     for epoch in range(options.epochs):
         sampler.set_position(epoch, 0)
@@ -153,11 +153,11 @@ def finetune_metrics(
             bad_count += len(bad)
             if "views" not in batch:
                 continue
-            set_learning_rate(optimizer, lr, schedule, step, total_steps)
+            set_learning_rate(optimizer, lr, schedule, step, max_steps)
             views = device_views(batch, train_transform, device, train=True)
             clips = torch.cat(views, dim=0)
             labels = batch["label"].view(-1).long().to(device).repeat(len(views))
-            with autocast_context(device, precision):
+            with autocast(device, precision):
                 logits = net(clips)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -16,14 +16,18 @@ import torch
 from rich.table import Table
 
 from hcframe.engine import distributed as hd
+from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
 from hcframe.evaluation.features import encoder_fingerprint, load_or_extract_features
 from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
 from hcframe.evaluation.retrieval import retrieval_metrics
-from hcframe.evaluation.spec import EvalSpec, build_eval_specs
-from hcframe.recipe import ComponentSpec, Recipe
+from hcframe.eval_tables import EvalSpec, build_eval_specs
+from hcframe.files import write_json_atomic
+from hcframe.metrics import eval_metric_kind, format_metric, metric_order
+from hcframe.recipe import Recipe
+from hcframe.tables import ComponentSpec
 from hcframe.registry import Registry, get_registry
 
 __all__ = ["default_eval_dir", "eval_table", "evaluate_checkpoint", "load_model_weights", "run_evaluations"]
@@ -176,7 +180,6 @@ def load_model_weights(model: MultiTaskModel, checkpoint: Path, recipe: Recipe |
 
     Raises :class:`~hcframe.engine.pretrained.PretrainedError` (a ``ValueError``) with one line
     when the weights do not fit the recipe's model."""
-    from hcframe.engine.checkpoint import load_checkpoint
     from hcframe.engine.pretrained import PretrainedError, encoder_weights_from, encoder_shapes, holds_model_state, load_encoder_into_model
 
     state = load_checkpoint(Path(checkpoint))
@@ -191,20 +194,9 @@ def load_model_weights(model: MultiTaskModel, checkpoint: Path, recipe: Recipe |
     weights = model_state if model_state is not None else state
     if not isinstance(weights, dict):
         raise PretrainedError(f"{checkpoint}: holds no model weights (expected a training checkpoint or a state dict)")
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    reshaped = [k for k in own if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)})")
-        raise PretrainedError(f"{checkpoint}: weights do not fit the recipe's model: {'; '.join(parts)}; use the recipe the checkpoint was trained with")
+    mismatch = compare_state_dicts(model.state_dict(), weights)
+    if mismatch:
+        raise PretrainedError(f"{checkpoint}: weights do not fit the recipe's model: {mismatch.describe()}; use the recipe the checkpoint was trained with")
     model.load_state_dict(weights)
     info = {k: v for k, v in state.items() if k != "model"} if weights is not state else {}
     return {**info, "weights": f"hcframe model weights {checkpoint}"}
@@ -230,7 +222,6 @@ def evaluate_checkpoint(
     """Build the recipe's model, load ``checkpoint``'s weights, run the evaluation stages; write
     ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it."""
     from hcframe.engine.trainer import build_model, choose_device
-    from hcframe.run import write_json_atomic
 
     started = time.perf_counter()
     registry = registry or get_registry()
@@ -255,30 +246,10 @@ def evaluate_checkpoint(
 
 
 # --- display -------------------------------------------------------------------------------------
-def _is_fraction_metric(name: str) -> bool:
-    return name.startswith(("top", "clip_top", "train_top", "R@"))
-
-
-def _metric_order(name: str) -> tuple[int, int, str]:
-    """top-k first, then clip-level, recalls by k, training figures, anything else."""
-    if name.startswith("top"):
-        return (0, int(name[3:]) if name[3:].isdigit() else 0, name)
-    if name.startswith("clip_top"):
-        return (1, 0, name)
-    if name.startswith("R@"):
-        return (2, int(name[2:]) if name[2:].isdigit() else 0, name)
-    if name.startswith("train_"):
-        return (3, 0, name)
-    return (4, 0, name)
-
-
 def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") -> Table:
     """A rich table: one row per result key, one column per float metric (accuracies and
     recalls in %), and the number of train/test videos and test views per video."""
-    columns = sorted(
-        {n for m in results.values() for n, v in m.items() if isinstance(v, float)},
-        key=_metric_order,
-    )
+    columns = sorted({n for m in results.values() for n, v in m.items() if isinstance(v, float)}, key=metric_order)
     table = Table(title=title, caption="accuracies and recalls in %; videos: train/test; views: per test video")
     table.add_column("evaluation", overflow="fold", min_width=20)
     for name in columns:
@@ -286,15 +257,7 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") ->
     table.add_column("videos", justify="right")
     table.add_column("views", justify="right")
     for key, metrics in results.items():
-        cells = []
-        for name in columns:
-            value = metrics.get(name)
-            if not isinstance(value, float):
-                cells.append("-")
-            elif _is_fraction_metric(name):
-                cells.append(f"{100 * value:.1f}")
-            else:
-                cells.append(f"{value:.4g}")
+        cells = [format_metric(metrics[n], eval_metric_kind(n)) if isinstance(metrics.get(n), float) else "-" for n in columns]
         videos = f"{metrics['num_train']}/{metrics['num_test']}" if "num_train" in metrics and "num_test" in metrics else "-"
         table.add_row(key, *cells, videos, str(metrics.get("test_views", "-")))
     return table

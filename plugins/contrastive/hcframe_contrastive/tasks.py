@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from hcframe.components import PretextTask, TaskInput, TaskOutput
 from hcframe.engine.distributed import world_size
+from hcframe.metrics import MetricInfo
 
 from hcframe_contrastive.heads import ProjectionMLP
 from hcframe_contrastive.losses import ContrastiveLogits, contrastive_logits, nt_xent_logits
@@ -50,6 +51,17 @@ def _two_views(task: str, inp: TaskInput) -> None:
         raise ValueError(
             f"{task}: needs the features of 2 views, got {len(inp.features)}; the dataset must produce num_views >= 2"
         )
+
+
+def _metric_info(*extra: MetricInfo) -> tuple[MetricInfo, ...]:
+    """What both tasks log (see the module docstring), then ``extra``."""
+    return (
+        MetricInfo("nce", "loss", progress=True),
+        MetricInfo("acc", "accuracy", progress=True),
+        MetricInfo("pos_sim", "other", plot="contrastive_similarity"),
+        MetricInfo("neg_sim", "other", plot="contrastive_similarity"),
+        *extra,
+    )
 
 
 def _pooled(output: Any) -> Tensor:
@@ -117,6 +129,9 @@ class SimCLRTask(PretextTask):
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = ProjectionMLP(feature_dim, **self.projection)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return _metric_info()
 
     def logits(self, inp: TaskInput) -> ContrastiveLogits:
         """The similarity matrix of this step (what the loss and the metrics are computed from)."""
@@ -217,6 +232,9 @@ class MoCoTask(PretextTask):
             self.key_encoder.module = convert_to_sync_batchnorm(self.key_encoder.module)
             self.key_head.module = convert_to_sync_batchnorm(self.key_head.module)
         self.queue = NegativeQueue(self.projection["out_dim"], self.queue_size, seed=self.seed)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return _metric_info(MetricInfo("queue_fill", "fraction"), MetricInfo("momentum", "other"))
 
     @torch.no_grad()
     def keys(self, clips: Tensor, shuffle_seed: int) -> Tensor:

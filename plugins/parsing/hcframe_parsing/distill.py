@@ -240,6 +240,16 @@ class ParsingDistillation(hcframe.PretextTask):
                 feats.append(fe.float())
         return torch.cat(logits), torch.cat(feats)
 
+    def metric_info(self) -> list[hcframe.MetricInfo]:
+        info = [hcframe.MetricInfo("distill", "loss", progress=True)]
+        if self.feature_distill_weight > 0:
+            info.append(hcframe.MetricInfo("feature", "loss"))
+        return info + [
+            hcframe.MetricInfo("miou", "fraction", progress=True, plot="parsing_quality"),
+            hcframe.MetricInfo("pixel_acc", "accuracy", plot="parsing_quality"),
+            hcframe.MetricInfo("valid_fraction", "fraction"),
+        ]
+
     # --- the step --------------------------------------------------------------------------------
     def forward(self, inp: TaskInput) -> TaskOutput:
         if self.head is None:

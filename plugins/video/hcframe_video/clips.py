@@ -55,7 +55,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hcframe.data import BadVideo, VideoDataset, sample_generator, split_key
+from hcframe.data import BadVideo, ClipShape, VideoDataset, sample_generator, split_key
 
 from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_frames, resized_size
 
@@ -233,6 +233,12 @@ class VideoClipDataset(VideoDataset):
         return os.path.normpath(path).replace(os.sep, "/")
 
     # --- the VideoDataset interface -------------------------------------------------------------
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape:
+        """``clip_len`` frames of ``crop_size`` x ``crop_size`` pixels (train and test views)."""
+        a = cls.arguments(**args)
+        return ClipShape(a["clip_len"], a["crop_size"], a["crop_size"])
+
     def __len__(self) -> int:
         return len(self._ids)
 

@@ -65,7 +65,6 @@ import io
 import json
 import os
 import socket
-import tempfile
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -75,6 +74,7 @@ import numpy as np
 import torch
 
 from hcframe.data import TargetStore
+from hcframe.files import atomic_path, write_json_atomic
 
 __all__ = [
     "FORMAT",
@@ -206,35 +206,14 @@ def topk_from_probabilities(probabilities: np.ndarray, k: int) -> tuple[np.ndarr
 # --- writing ---------------------------------------------------------------------------------------
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as a deterministic, per-member-compressed ``.npz`` atomically at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", allowZip64=True) as zf:
-            for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, buffer.getvalue(), compresslevel=6)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh, zipfile.ZipFile(fh, "w", allowZip64=True) as zf:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buffer.getvalue(), compresslevel=6)
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
@@ -329,7 +308,7 @@ class PartMapWriter:
                 "host": socket.gethostname(),
                 "hcframe_video": __version__,
             }
-            _write_json_atomic(meta_path, wanted)
+            write_json_atomic(meta_path, wanted, sort_keys=True)
 
     def path_of(self, video_id: str) -> Path:
         return self._videos / (safe_name(video_id) + ".npz")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hcframe.components import BatchTransform
+from hcframe.data import ClipShape
 
 from hcframe_video.partmaps import flip_permutation
 
@@ -315,6 +316,10 @@ class VideoAugment(BatchTransform):
         self.std = tuple(float(s) for s in std)
         self.part_flip: list[int] | None = None  # class permutation for mirrored part maps
         self.flip_allowed = True  # set by the engine from the dataset's flip_preserves_label
+
+    def output_shape(self, clip: ClipShape) -> ClipShape:
+        """Every frame of a view is resized to ``crop_size`` x ``crop_size``."""
+        return ClipShape(clip.frames, self.crop_size, self.crop_size)
 
     def set_part_labels(self, label_names: Sequence[str]) -> None:
         """Flipped part maps swap left/right classes (LIP: arms 14/15, legs 16/17, shoes 18/19)."""

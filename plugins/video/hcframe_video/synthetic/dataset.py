@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
+
+from hcframe.data import ClipShape
 
 from hcframe_video.clips import VideoClipDataset
 from hcframe_video.partmaps import PartMapStore
@@ -111,6 +114,13 @@ class SyntheticHumans(VideoClipDataset):
             clip_len=clip_len, stride=stride, short_side=short, crop_size=crop_size or short, mode=mode,
             num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
         )  # fmt: skip
+
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape:
+        """``clip_len`` frames; ``crop_size``, or ``short_side``, or the world's short side."""
+        a = cls.arguments(**args)
+        side = a["crop_size"] or a["short_side"] or min(a["height"], a["width"])
+        return ClipShape(a["clip_len"], side, side)
 
     def ground_truth_parts(self) -> PartMapStore:
         """The world's per-frame LIP part labels (kind ``labels``, full frame resolution), checked

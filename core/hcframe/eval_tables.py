@@ -18,7 +18,7 @@ own ``[transform]``, so pixels are normalised as in pre-training), ``splits``, `
 Protocol options are the fields of :class:`LinearProbeOptions`, :class:`MultiviewOptions`,
 :class:`RetrievalOptions` and :class:`FinetuneOptions`.
 
-Errors are :class:`hcframe.recipe.RecipeError` with one line naming ``eval[i].key``.
+Errors are :class:`hcframe.tables.RecipeError` with one line naming ``eval[i].key``.
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from typing import Any, Literal, Mapping
 
 import attrs
 
-from hcframe.recipe import (
-    _fraction,
-    _non_negative,
-    _positive,
+from hcframe.tables import (
     ComponentSpec,
     RecipeError,
-    _build_component,
-    _build_engine_table,
-    _check_value,
-    _factory_signature,
-    _suggest,
+    build_component,
+    build_engine_table,
+    check_value,
+    factory_signature,
+    fraction,
+    non_negative,
+    positive,
+    suggest,
 )
 from hcframe.registry import Registry
 
@@ -81,9 +81,9 @@ class LinearProbeOptions:
     ``probe_iterations``.
     """
 
-    max_iter: int = attrs.field(default=2000, validator=_positive)
-    weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
-    tol: float = attrs.field(default=1e-5, validator=_positive)
+    max_iter: int = attrs.field(default=2000, validator=positive)
+    weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
+    tol: float = attrs.field(default=1e-5, validator=positive)
 
 
 @attrs.frozen
@@ -95,9 +95,9 @@ class MultiviewOptions:
     ``num_crops`` of the test dataset's test mode). ``max_iter``, ``weight_decay`` and ``tol`` as
     for the linear probe."""
 
-    max_iter: int = attrs.field(default=2000, validator=_positive)
-    weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
-    tol: float = attrs.field(default=1e-5, validator=_positive)
+    max_iter: int = attrs.field(default=2000, validator=positive)
+    weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
+    tol: float = attrs.field(default=1e-5, validator=positive)
 
 
 @attrs.frozen
@@ -139,17 +139,17 @@ class FinetuneOptions:
     those arguments), recorded in the resolved recipe.
     """
 
-    epochs: int = attrs.field(default=100, validator=_positive)
+    epochs: int = attrs.field(default=100, validator=positive)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = attrs.field(default=0.01, validator=_positive)
-    momentum: float = attrs.field(default=0.9, validator=_fraction)
-    weight_decay: float = attrs.field(default=5e-4, validator=_non_negative)
+    lr: float = attrs.field(default=0.01, validator=positive)
+    momentum: float = attrs.field(default=0.9, validator=fraction)
+    weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_epochs: int = attrs.field(default=0, validator=_non_negative)
+    warmup_epochs: int = attrs.field(default=0, validator=non_negative)
     milestones: list[int] = attrs.field(factory=list)
-    gamma: float = attrs.field(default=0.1, validator=_fraction)
-    dropout: float = attrs.field(default=0.5, validator=_fraction)
-    label_smoothing: float = attrs.field(default=0.0, validator=_fraction)
+    gamma: float = attrs.field(default=0.1, validator=fraction)
+    dropout: float = attrs.field(default=0.5, validator=fraction)
+    label_smoothing: float = attrs.field(default=0.0, validator=fraction)
 
 
 #: The fine-tuning protocol's test views, filled into ``test_data`` tables that do not set them.
@@ -237,14 +237,14 @@ def _dataset_specs(
     if not isinstance(table, dict):
         raise RecipeError(f"{where}.{key}: expected a dataset table like {{ name = \"ucf101\", ... }}")
     if splits is None:
-        return {None: _build_component("dataset", table, f"{where}.{key}", registry)}
+        return {None: build_component("dataset", table, f"{where}.{key}", registry)}
     if "split" in table:
         raise RecipeError(f"{where}.{key}.split: the table also has splits = {splits}; remove one of them")
-    base = _build_component("dataset", table, f"{where}.{key}", registry)
-    signature, _ = _factory_signature(registry.get("dataset", base.name).factory)
+    base = build_component("dataset", table, f"{where}.{key}", registry)
+    signature, _ = factory_signature(registry.get("dataset", base.name).factory)
     if "split" not in signature.parameters:
         raise RecipeError(f"{where}.splits: dataset {base.name!r} has no 'split' argument; remove splits")
-    return {split: _build_component("dataset", {**table, "split": split}, f"{where}.{key}", registry) for split in splits}
+    return {split: build_component("dataset", {**table, "split": split}, f"{where}.{key}", registry) for split in splits}
 
 
 def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) -> tuple[EvalSpec, dict[str, Any]]:
@@ -265,11 +265,11 @@ def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) 
     allowed = list(COMMON_KEYS) + option_names + (["train_transform"] if protocol == "finetune" else [])
     for key in table:
         if key not in allowed:
-            raise RecipeError(f"{where}.{key}: unknown key for protocol {protocol!r}; {_suggest(key, allowed)}")
+            raise RecipeError(f"{where}.{key}: unknown key for protocol {protocol!r}; {suggest(key, allowed)}")
     common = {**COMMON_DEFAULTS}
     for key, annotation in COMMON_KEYS.items():
         if key in table and annotation is not dict:
-            common[key] = _check_value(table[key], annotation, f"{where}.{key}")
+            common[key] = check_value(table[key], annotation, f"{where}.{key}")
     for key in ("batch_size",):
         if common[key] <= 0:
             raise RecipeError(f"{where}.{key}: must be > 0, got {common[key]}")
@@ -277,7 +277,7 @@ def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) 
         raise RecipeError(f"{where}.num_workers: must be >= 0, got {common['num_workers']}")
     branch = common["branch"]
     if branch != "concat" and branch not in branches:
-        raise RecipeError(f"{where}.branch: no task {branch!r}; {_suggest(branch, ['concat', *branches])}")
+        raise RecipeError(f"{where}.branch: no task {branch!r}; {suggest(branch, ['concat', *branches])}")
     splits = common.get("splits")
     if splits is not None:
         if not splits or len(set(splits)) != len(splits):
@@ -288,13 +288,13 @@ def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) 
     train = _dataset_specs(table["train_data"], "train_data", where, splits, registry)
     test_table = _with_test_views(table["test_data"], registry) if protocol == "finetune" else table["test_data"]
     test = _dataset_specs(test_table, "test_data", where, splits, registry)
-    transform = _build_component("transform", table["transform"], f"{where}.transform", registry) if "transform" in table else None
+    transform = build_component("transform", table["transform"], f"{where}.transform", registry) if "transform" in table else None
     train_transform = (
-        _build_component("transform", table["train_transform"], f"{where}.train_transform", registry)
+        build_component("transform", table["train_transform"], f"{where}.train_transform", registry)
         if "train_transform" in table
         else None
     )
-    options = _build_engine_table(options_cls, {k: v for k, v in table.items() if k in option_names}, where)
+    options = build_engine_table(options_cls, {k: v for k, v in table.items() if k in option_names}, where)
     spec = EvalSpec(
         index=index,
         protocol=protocol,
@@ -330,7 +330,7 @@ def _with_test_views(table: Any, registry: Registry) -> Any:
     not set (a table that is not a dataset table is returned as is, for the usual error)."""
     if not isinstance(table, dict) or not isinstance(table.get("name"), str) or table["name"] not in registry.names("dataset"):
         return table
-    signature, _ = _factory_signature(registry.get("dataset", table["name"]).factory)
+    signature, _ = factory_signature(registry.get("dataset", table["name"]).factory)
     extra = {k: v for k, v in FINETUNE_TEST_VIEWS.items() if k in signature.parameters and k not in table}
     return {**table, **extra}
 
