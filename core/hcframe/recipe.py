@@ -65,6 +65,10 @@ class TrainSpec:
     cpu_threads: int = attrs.field(default=0, validator=non_negative)
     prefetch_factor: int = attrs.field(default=2, validator=positive)
     clip_grad: float = attrs.field(default=0.0, validator=non_negative)  # 0 = off
+    #: A step whose loss or gradients are not finite is skipped; this many in a row stop the run
+    #: (1: the first). fp16's loss scaler starts at 2^16 and halves it per skip: 10 in a row leave
+    #: 2^6, below which overflow means diverged gradients, not a scale still being found.
+    max_nonfinite_steps: int = attrs.field(default=10, validator=positive)
     log_every: int = attrs.field(default=10, validator=positive)
     checkpoint_every: int = attrs.field(default=100, validator=positive)
     keep_checkpoints: int = attrs.field(default=2, validator=positive)

@@ -43,7 +43,7 @@ CASES = {
     "unknown component with near-miss name": (
         TOY_RECIPE.replace('name = "supervised"', 'name = "supervized"'),
         [],
-        "tasks.sup.name: no task 'supervized'; did you mean 'supervised'? installed tasks: brightness, online_probe, supervised",
+        "tasks.sup.name: no task 'supervized'; did you mean 'supervised'? installed tasks: brightness, nonfinite_at, online_probe, supervised",
     ),
     "bad --set syntax": (
         TOY_RECIPE,

@@ -157,12 +157,12 @@ def test_a_trained_run_declares_its_metrics_and_the_report_follows_them(testkit,
         "sup/loss": ("loss", False, ""), "sup/ce": ("loss", True, ""), "sup/acc": ("accuracy", True, ""),
         "bright/loss": ("loss", False, ""), "bright/mse": ("loss", True, ""),
         "weight/sup": ("other", False, "loss_weights"), "weight/bright": ("other", False, "loss_weights"),
-        "grad_cos/sup~bright": ("other", False, "gradient_cosine"),
+        "grad_cos/sup~bright": ("other", False, "gradient_cosine"), "skipped_steps": ("other", False, "skipped_steps"),
     }
     logged = set().union(*(json.loads(line).keys() for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()))
     assert logged - {"step", "epoch", "time"} == set(declared)  # every logged key is declared
     names = [p.name for p in write_report(tmp_path / "run")]
-    assert names == ["losses.png", "learning_rate.png", "accuracy.png", "gradient_cosine.png", "loss_weights.png", "throughput.png", "eval.md"]
+    assert names == ["losses.png", "learning_rate.png", "accuracy.png", "gradient_cosine.png", "loss_weights.png", "throughput.png", "skipped_steps.png", "eval.md"]
 
 
 def test_a_truncated_last_line_is_ignored_but_a_broken_middle_line_is_an_error(tmp_path):

@@ -2,7 +2,8 @@
 
 ``moving_squares`` is a test fixture, not a dataset for users: a bright square drifting in a
 direction that depends on the class, on a dark background, computed from ``(seed, epoch, index)``.
-``crash_after`` is a fault-injection hook: it makes a run crash at a chosen micro-batch.
+``crash_after`` is a fault-injection hook: it makes a run crash at a chosen micro-batch;
+``nonfinite_at`` a fault-injection task whose loss (or gradient) is NaN or infinite at chosen steps.
 """
 
 from __future__ import annotations
@@ -94,6 +95,46 @@ class BrightnessRegression(hcframe.PretextTask):
         return hcframe.TaskOutput({"mse": torch.stack(losses).mean()})
 
 
+class _PoisonGradient(torch.autograd.Function):
+    """Identity forward; the gradient flowing back is multiplied by ``value`` (NaN or inf)."""
+
+    @staticmethod
+    def forward(ctx, x, value):
+        ctx.value = value
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.value, None
+
+
+class NonFiniteAt(hcframe.PretextTask):
+    """A small regression loss (``toy``: the squared output of a linear head) that is ``value``
+    (``"nan"`` or ``"inf"``) at the optimisation steps ``steps`` (counted from 1) and at every step
+    from ``from_step`` on (0: never); with ``where = "gradient"`` the loss stays finite and its
+    gradient into the head is ``value`` instead."""
+
+    def __init__(self, steps: list[int] = [], from_step: int = 0, value: str = "nan", where: str = "loss") -> None:
+        super().__init__()
+        self.steps, self.from_step, self.value, self.where = list(steps), from_step, float(value), where
+
+    def metric_info(self):
+        return (hcframe.MetricInfo("toy", "loss"),)
+
+    def setup(self, encoder: nn.Module, feature_dim: int) -> None:
+        self.head = nn.Linear(feature_dim, 1)
+
+    def forward(self, inp: hcframe.TaskInput) -> hcframe.TaskOutput:
+        out = self.head(inp.features[0].pooled)
+        step = inp.step + 1
+        if step in self.steps or (self.from_step and step >= self.from_step):
+            if self.where == "gradient":
+                out = _PoisonGradient.apply(out, self.value)
+            else:
+                out = out * self.value
+        return hcframe.TaskOutput({"toy": 1e-3 * out.pow(2).mean()})
+
+
 class Crashed(Exception):
     """What :class:`CrashAfterMicroBatches` raises."""
 
@@ -128,3 +169,4 @@ def hcframe_register(registry) -> None:
     registry.add("encoder", "tiny3d_test", TinyEncoder)
     registry.add("task", "brightness", BrightnessRegression)
     registry.add("hook", "crash_after", CrashAfterMicroBatches)
+    registry.add("task", "nonfinite_at", NonFiniteAt)

@@ -27,6 +27,7 @@ from hcframe.components import Hook
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import save_checkpoint
 from hcframe.engine.loop import RunFailed
+from hcframe.engine.nonfinite import describe_nonfinite, nonfinite_tensors
 from hcframe.metrics import MetricInfo, write_metric_schema
 
 __all__ = ["BadVideoAccountant", "Checkpointer", "GradientCosineProbe", "MetricWriter", "ProgressDisplay"]
@@ -142,6 +143,9 @@ class Checkpointer(Hook):
     written atomically by the main process, after every ``every``-th step, the last step, and a
     clean stop (also the untrained baseline of ``train.steps = 0``); the newest ``keep`` are kept.
 
+    A checkpoint is never written with a non-finite weight or buffer: the run fails instead,
+    naming how many tensors are not finite and the first (a resume would load them).
+
     Step N's checkpoint is written when step N + 1 begins, or when training ends: after every hook
     has finished with step N, so whatever hooks changed in that step (their state, the random
     generators) is in it, whatever order they run in; a step whose hooks failed is not saved.
@@ -172,9 +176,21 @@ class Checkpointer(Hook):
     def save(self) -> None:
         trainer = self.trainer
         if trainer.is_main:
-            save_checkpoint(trainer.state_dict(), trainer.checkpoint_dir, trainer.step, self.keep)
+            state = trainer.state_dict()
+            refuse_nonfinite_weights(state["model"], trainer.checkpoint_dir, trainer.step)
+            save_checkpoint(state, trainer.checkpoint_dir, trainer.step, self.keep)
         hd.barrier()
         self.saved_at, self.due = trainer.step, False
+
+
+def refuse_nonfinite_weights(model_state: Mapping[str, Any], directory: Any, step: int) -> None:
+    """Raise :class:`RunFailed` when ``model_state`` holds a NaN or an infinity."""
+    bad, total = nonfinite_tensors(model_state)
+    if bad:
+        raise RunFailed(
+            f"not writing the checkpoint of step {step} to {directory}: {describe_nonfinite(bad, total, 'model tensors')}; "
+            f"an optimiser update at or before step {step} made them so; lower optim.lr or set train.clip_grad"
+        )
 
 
 class ProgressDisplay(Hook):

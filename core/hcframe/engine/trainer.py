@@ -33,8 +33,9 @@ from hcframe.engine.checkpoint import capture_rng, latest_checkpoint, load_check
 from hcframe.engine.combiner import TaskCombiner
 from hcframe.engine.hooks import BadVideoAccountant, Checkpointer, GradientCosineProbe, MetricWriter, ProgressDisplay
 from hcframe.engine.loop import RunFailed, TrainerBase
-from hcframe.engine.metric_log import MetricLog
+from hcframe.engine.metric_log import MetricLog, stack_values
 from hcframe.engine.model import MultiTaskModel
+from hcframe.engine.nonfinite import NonFiniteSteps, all_ranks_finite, gradient_norm, step_if_finite
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.precision import autocast, grad_scaler
 from hcframe.engine.pretrained import initialise_from_recipe
@@ -88,10 +89,6 @@ def build_model(recipe: Recipe, registry: Registry | None = None, log: Callable[
         raise RunFailed(f"{recipe.source}: {exc}") from None
 
 
-def _scalar(value: Any) -> float:
-    return float(value.detach().float().mean()) if isinstance(value, torch.Tensor) else float(value)
-
-
 class Trainer(TrainerBase):
     """Runs the pre-training stage of a recipe in ``run_dir``.
 
@@ -105,8 +102,10 @@ class Trainer(TrainerBase):
     attributes: ``recipe``, ``run_dir``, ``checkpoint_dir``, ``log``, ``rank``, ``world``,
     ``is_main``, ``device``, ``model``, ``combiner``, ``optimizer``, ``dataset``, ``epoch``, ``lr``
     (the learning rate of the current step), ``metrics`` (:class:`MetricLog`: ``put`` a value to
-    log it at this step), ``summary``, ``step_bad_videos`` (videos the last step skipped) and
-    ``measure_cosines``.
+    log it at this step), ``summary``, ``step_bad_videos`` (videos the last step skipped),
+    ``measure_cosines``, ``step_losses`` (the last step's loss names and values, a tensor on the
+    device) and ``step_finite`` (whether the last step was finite and taken: a bool tensor on the
+    device; reading it waits for the device).
     """
 
     def __init__(
@@ -138,6 +137,8 @@ class Trainer(TrainerBase):
         self.lr = 0.0
         self.measure_cosines = False
         self.step_bad_videos: list[BadVideo] = []
+        self.step_losses: tuple[tuple[str, ...], Tensor] = ((), torch.zeros(0))
+        self.step_finite: Tensor = torch.ones((), dtype=torch.bool)
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -228,13 +229,17 @@ class Trainer(TrainerBase):
 
     def build_hooks(self) -> list[Hook]:
         """The hooks of this run, in the order they run: the checkpointer (first: the final
-        checkpoint is written before anything else ends the run), bad-video accounting and the
-        gradient-cosine probe; the recipe's ``[[hooks]]`` and the ``hooks`` argument; then the
+        checkpoint is written before anything else ends the run), the non-finite step counter,
+        bad-video accounting and the gradient-cosine probe; the recipe's ``[[hooks]]`` and the ``hooks`` argument; then the
         metric writer and the progress display (last: a step's log line holds what every other
         hook added to it). Override to change the built-ins."""
         t = self.recipe.train
+        # On CPU reading the step's finiteness back costs nothing; on a GPU it would stall the
+        # host, so it is read in batches (a stop then comes at most that many steps late).
+        read_every = 1 if self.device.type == "cpu" else t.max_nonfinite_steps
         first: list[Hook] = [
             Checkpointer(t.checkpoint_every, t.keep_checkpoints),
+            NonFiniteSteps(t.max_nonfinite_steps, read_every=read_every, log_every=t.log_every),
             BadVideoAccountant(t.on_bad_video, t.max_bad_fraction),
             GradientCosineProbe(),
         ]
@@ -287,8 +292,13 @@ class Trainer(TrainerBase):
     # --- one step ------------------------------------------------------------------------------
     def run_step(self) -> None:
         """One optimisation step: ``train.accumulate`` micro-batches forward and backward (the
-        tasks' gradients combined by the combiner), then the optimiser."""
+        tasks' gradients combined by the combiner), then the optimiser, unless the step's losses or
+        gradients are not finite (see :mod:`hcframe.engine.nonfinite`). Nothing here waits for the
+        device: losses and metrics stay on it until a log line reads them."""
         self.lr = set_learning_rate(self.optimizer, self.recipe.optim.lr, self.schedule, self.step, self.max_steps)
+        if not math.isfinite(self.lr):
+            raise RunFailed(f"the learning rate is {self.lr} at step {self.step + 1} (optim.lr = {self.recipe.optim.lr}); use a finite optim.lr")
+        losses: list[tuple[tuple[str, ...], Tensor]] = []
         for i in range(self.accumulate):
             batch = next(self._batches)
             last = i == self.accumulate - 1
@@ -299,10 +309,13 @@ class Trainer(TrainerBase):
                 for pair, cos in self.combiner.measure_cosines({n: o.total for n, o in outputs.items()}, self.shared).items():
                     self.metrics.put(f"grad_cos/{pair}", cos)
             self._backward(total, weighted)
-            self._record(total, outputs, clips=batch["views"][0].shape[0] * self.world)
-        self._optimiser_step()
-        if not math.isfinite(self._last_loss):
-            raise RunFailed(f"loss is {self._last_loss} at step {self.step + 1}; lower optim.lr or enable train.clip_grad")
+            losses.append(self._record(total, outputs, clips=batch["views"][0].shape[0] * self.world))
+        keys = losses[0][0]
+        if all(k == keys for k, _ in losses):
+            self.step_losses = (keys, torch.stack([v for _, v in losses]).sum(0))
+        else:  # a task's terms changed between micro-batches
+            self.step_losses = (sum((k for k, _ in losses), ()), torch.cat([v for _, v in losses]))
+        self.step_finite = self._optimiser_step(self.step_losses[1])
 
     def _batch_stream(self) -> Iterator[dict[str, Any]]:
         """Device batches, transformed, across epochs; records unreadable videos in
@@ -347,25 +360,51 @@ class Trainer(TrainerBase):
         dist.all_reduce(grad)
         grad /= self.world
 
-    def _record(self, total: Tensor, outputs: dict[str, TaskOutput], clips: int) -> None:
+    def _record(self, total: Tensor, outputs: dict[str, TaskOutput], clips: int) -> tuple[tuple[str, ...], Tensor]:
+        """Put a micro-batch's numbers in the metric log, on the device (one vector); return the
+        names and values of its losses (each task's terms and total, then ``loss``)."""
+        keys: list[str] = []
+        values: list[Tensor] = []
         for name, out in outputs.items():
             for term, value in out.losses.items():
-                self.metrics.add(f"{name}/{term}", _scalar(value), loss=True)
+                keys.append(f"{name}/{term}")
+                values.append(value)
+            keys.append(f"{name}/loss")
+            values.append(out.total)
+        keys.append("loss")
+        values.append(total)
+        num_losses = len(keys)
+        for name, out in outputs.items():
             for term, value in out.metrics.items():
-                self.metrics.add(f"{name}/{term}", _scalar(value))
-            self.metrics.add(f"{name}/loss", _scalar(out.total), loss=True)
-            self.metrics.add(f"weight/{name}", _scalar(self.combiner.weight(name)))
-        self._last_loss = _scalar(total)
-        self.metrics.add("loss", self._last_loss, loss=True)
+                if isinstance(value, Tensor):
+                    keys.append(f"{name}/{term}")
+                    values.append(value)
+                else:
+                    self.metrics.add(f"{name}/{term}", value)
+            weight = self.combiner.weight(name)
+            if isinstance(weight, Tensor):
+                keys.append(f"weight/{name}")
+                values.append(weight)
+            else:
+                self.metrics.add(f"weight/{name}", weight)
+        vector = stack_values(values)
+        self.metrics.add_many(keys, vector, loss_keys=keys[:num_losses])
         self.metrics.count_clips(clips)
+        return tuple(keys[:num_losses]), vector[:num_losses]
 
-    def _optimiser_step(self) -> None:
+    def _optimiser_step(self, losses: Tensor) -> Tensor:
+        """Unscale (fp16), clip, and step unless ``losses`` or the gradients are not finite;
+        returns whether the step was finite (a bool on the device)."""
+        self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
         if self.recipe.train.clip_grad > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.train.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.clip_grad)
+        else:
+            norm = gradient_norm(self.trainable)
+        finite = all_ranks_finite(torch.isfinite(losses).all() & torch.isfinite(norm))
+        step_if_finite(self.optimizer, finite)
+        self.scaler.update()  # fp16: backs off the scale after a step with non-finite gradients
         self.optimizer.zero_grad(set_to_none=True)
+        return finite
 
     # --- checkpoints ---------------------------------------------------------------------------
     def data_position(self) -> tuple[int, int]:
