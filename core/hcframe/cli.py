@@ -273,8 +273,9 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
         if os.environ.get("HCFRAME_DEBUG"):
             traceback.print_exc()
         fail(f"eval failed: {type(exc).__name__}: {exc} (set HCFRAME_DEBUG=1 for the traceback)", 1)
-    out_console.print(eval_table(report["eval"]))
-    err_console.print(escape(f"results written to {out_dir / 'eval.json'} ({report['wall_time_s']:.1f} s)"))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun the main process reports
+        out_console.print(eval_table(report["eval"]))
+        err_console.print(escape(f"results written to {out_dir / 'eval.json'} ({report['wall_time_s']:.1f} s)"))
 
 
 # --- export-encoder --------------------------------------------------------------------------------

@@ -15,7 +15,10 @@ import torch.distributed as dist
 __all__ = [
     "all_gather_with_grad",
     "all_gather_no_grad",
+    "all_ranks_agree",
     "barrier",
+    "broadcast_flag",
+    "gather_rows",
     "init_from_environment",
     "is_distributed",
     "is_main_process",
@@ -62,8 +65,10 @@ def init_from_environment(device_type: str) -> bool:
 
 
 def shutdown() -> None:
+    global _HOST_GROUP
     if is_distributed():
         dist.destroy_process_group()
+    _HOST_GROUP = None
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -105,3 +110,68 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def _collective_device() -> torch.device:
+    """Where tensors must be for the default group's collectives (CUDA for NCCL)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_rows(tensors: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+    """Each of ``tensors`` concatenated over the ranks along dim 0, in rank order, on every rank, on
+    the CPU. A rank may hold any number of rows, or None for none (the trailing shape and dtype
+    come from the ranks that have rows; None where no rank has any). Identity (on the CPU) when
+    not distributed. Meant for evaluation outputs: every rank receives the whole result."""
+    if not is_distributed() or world_size() == 1:
+        return [t.cpu() if t is not None else None for t in tensors]
+    shapes: list[Any] = [None] * world_size()
+    dist.all_gather_object(shapes, [(tuple(t.shape), t.dtype) if t is not None else None for t in tensors])
+    device = _collective_device()
+    out: list[torch.Tensor | None] = []
+    for i, tensor in enumerate(tensors):
+        known = [s[i] for s in shapes if s[i] is not None]
+        if not known:
+            out.append(None)
+            continue
+        (first, *trailing), dtype = known[0][0], known[0][1]
+        rows = [s[i][0][0] if s[i] is not None else 0 for s in shapes]
+        padded = torch.zeros((max(rows), *trailing), dtype=dtype, device=device)
+        if tensor is not None:
+            padded[: tensor.shape[0]] = tensor.to(device)
+        parts = [torch.empty_like(padded) for _ in rows]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([part[:n] for part, n in zip(parts, rows)]).cpu())
+    return out
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """The main process's ``flag`` on every rank."""
+    if not is_distributed() or world_size() == 1:
+        return flag
+    value = torch.tensor([int(flag)], device=_collective_device())
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+_HOST_GROUP: Any = None
+
+
+def all_ranks_agree(flag: bool) -> bool:
+    """Whether ``flag`` (a host-side fact: a batch is there, a file exists) is true on every rank.
+
+    Goes through a gloo group on the host, so with NCCL it does not wait for the GPU. The first
+    call creates that group: every rank must make it at the same point."""
+    global _HOST_GROUP
+    if not is_distributed() or world_size() == 1:
+        return flag
+    if dist.get_backend() == "gloo":
+        group = None
+    else:
+        if _HOST_GROUP is None:
+            _HOST_GROUP = dist.new_group(backend="gloo")
+        group = _HOST_GROUP
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MIN, group=group)
+    return bool(value.item())

@@ -6,6 +6,12 @@ encoder path (shared trunk and the branches ``branch`` uses, buffers included), 
 dataset component table (which fixes the split, the test mode, ``num_clips``, ``num_crops``), the
 evaluation transform's table, the device type and the autocast precision. The description is
 stored in the file and checked on load, so a hash collision or a stale file is never used.
+
+Under torchrun every process extracts a share of the videos (:func:`batch_shard`: the batches of
+one process's iteration, dealt out in turn, so each video is encoded in the very batch it would be
+in one process) and the features are gathered in the dataset's order: the result is the
+one-process result. The main process reads and writes the cache; the others extract, or skip when
+it had the features already.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hcframe.data import BAD, collate
+from hcframe.engine import distributed as hd
 from hcframe.files import atomic_path
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.precision import autocast
@@ -28,11 +35,14 @@ from hcframe.engine.precision import autocast
 __all__ = [
     "FeatureSet",
     "TestViews",
+    "batch_shard",
     "device_views",
     "encoder_fingerprint",
     "extract_features",
+    "gather_in_dataset_order",
     "load_or_extract_features",
     "make_loader",
+    "sum_over_ranks",
 ]
 
 CACHE_FORMAT = 1
@@ -101,15 +111,27 @@ def device_views(batch: dict[str, Any], transform: nn.Module, device: torch.devi
     return transform(batch, train=train)["views"]
 
 
+def batch_shard(num_items: int, batch_size: int, world: int, rank: int) -> list[int]:
+    """The indices process ``rank`` of ``world`` evaluates: the batches ``rank``, ``rank + world``,
+    ... of iterating ``range(num_items)`` in batches of ``batch_size`` (the last may be short), so
+    a DataLoader over them with the same ``batch_size`` forms exactly those batches."""
+    starts = range(rank * batch_size, num_items, world * batch_size)
+    return [i for start in starts for i in range(start, min(start + batch_size, num_items))]
+
+
 class TestViews:
     """Iterate ``(views, batch)`` over the readable videos of ``dataset``: ``views`` is the list of
     deterministic (``train=False``) device views. Unreadable videos are logged once each and counted
-    in ``num_bad``; batches with no readable video are skipped."""
+    in ``num_bad``; batches with no readable video are skipped. In a distributed run each process
+    iterates its :func:`batch_shard` (``sharded=False``: every video)."""
 
     def __init__(self, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                 num_workers: int, log: Callable[[str], None]) -> None:
+                 num_workers: int, log: Callable[[str], None], sharded: bool = True) -> None:
         self.dataset, self.transform, self.device, self.log = dataset, transform, device, log
-        self.loader = make_loader(dataset, batch_size, num_workers)
+        world, rank = (hd.world_size(), hd.rank()) if sharded else (1, 0)
+        indices = batch_shard(len(dataset), batch_size, world, rank) if world > 1 else None
+        self.num_items = len(indices) if indices is not None else len(dataset)
+        self.loader = make_loader(dataset, batch_size, num_workers, sampler=indices)
         self.num_bad = 0
 
     def __iter__(self) -> Iterator[tuple[list[Tensor], dict[str, Any]]]:
@@ -120,6 +142,23 @@ class TestViews:
             self.num_bad += len(bad)
             if "views" in batch:
                 yield device_views(batch, self.transform, self.device, train=False), batch
+
+
+def gather_in_dataset_order(indices: Tensor | None, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Every process's rows, gathered on every process, sorted by dataset index: ``(indices,
+    *tensors)`` as one process would have produced them (identity in one process)."""
+    gathered = hd.gather_rows([indices, *tensors])
+    if gathered[0] is None:
+        return tuple(gathered)
+    order = torch.argsort(gathered[0], stable=True)
+    return tuple(t[order] for t in gathered)
+
+
+def sum_over_ranks(count: int) -> int:
+    """``count`` summed over the processes of a distributed run."""
+    if not hd.is_distributed():
+        return count
+    return int(hd.gather_rows([torch.tensor([count])])[0].sum())
 
 
 @torch.no_grad()
@@ -138,24 +177,31 @@ def extract_features(
     """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``.
 
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
-    Videos that cannot be read are skipped and counted (each is logged once).
+    Videos that cannot be read are skipped and counted (each is logged once). Under torchrun each
+    process encodes its share (:class:`TestViews`) and every process returns all the features.
     """
     readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
     features: list[Tensor] = []
     labels: list[Tensor] = []
-    ids: list[str] = []
+    indices: list[Tensor] = []
     for views, batch in readable:
         with autocast(device, precision):
             per_view = [model.encode(v, branch).float() for v in views]
         features.append(torch.stack(per_view, dim=1).cpu())
         labels.append(batch["label"].view(-1).cpu().long())
-        ids.extend(dataset.video_id(int(i)) for i in batch["index"].view(-1))
-    if not features:
-        raise RuntimeError(f"no video of dataset {type(dataset).__name__} could be read ({readable.num_bad} unreadable)")
-    all_labels = torch.cat(labels)
+        indices.append(batch["index"].view(-1).cpu().long())
+    if hd.is_distributed():
+        log(f"features of {type(dataset).__name__}: {sum(len(i) for i in indices)} of {len(dataset)} videos "
+            f"on process {hd.rank()} of {hd.world_size()}")
+    num_bad = sum_over_ranks(readable.num_bad)
+    local = [torch.cat(t) if t else None for t in (indices, features, labels)]
+    index, all_features, all_labels = gather_in_dataset_order(*local)
+    if index is None or index.numel() == 0:
+        raise RuntimeError(f"no video of dataset {type(dataset).__name__} could be read ({num_bad} unreadable)")
     if bool((all_labels < 0).any()):
         raise ValueError(f"dataset {type(dataset).__name__} has unlabelled videos (label -1); evaluation needs labels")
-    return FeatureSet(torch.cat(features), all_labels, ids, len(getattr(dataset, "class_names", ())), readable.num_bad)
+    ids = [dataset.video_id(int(i)) for i in index]
+    return FeatureSet(all_features, all_labels, ids, len(getattr(dataset, "class_names", ())), num_bad)
 
 
 def load_or_extract_features(
@@ -178,7 +224,8 @@ def load_or_extract_features(
 
     Returns the features, the cache file and whether it was a cache hit. The dataset is only built
     when the features have to be extracted; its ``num_views`` is set to 1 (one clip per video in
-    train mode; test-mode datasets return all their views regardless).
+    train mode; test-mode datasets return all their views regardless). Under torchrun every
+    process calls it: on a cache hit only the main process gets the features (the others None).
     """
     description = {
         "format": CACHE_FORMAT,
@@ -192,24 +239,36 @@ def load_or_extract_features(
     blob = json.dumps(description, sort_keys=True, default=str)
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
     path = Path(cache_dir) / f"{key}.pt"
-    if path.is_file():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: extract again and replace it
-            log(f"feature cache {path} is unreadable ({type(exc).__name__}: {exc}); extracting again")
-        else:
-            if stored.get("description") == blob:
-                fs = FeatureSet(stored["features"], stored["labels"], list(stored["video_ids"]),
-                                int(stored["num_classes"]), int(stored["num_bad"]))
-                log(f"features of {dataset_spec.name} ({len(fs.video_ids)} videos, branch {branch}) from cache {path}")
-                return fs, path, True
-            log(f"feature cache {path} describes other features; extracting again")
+    cached = _read_cache(path, blob, log) if hd.is_main_process() else None
+    if hd.broadcast_flag(cached is not None):  # every process takes the same branch
+        if cached is not None:
+            log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {branch}) from cache {path}")
+            return cached, path, True
+        return None, path, True  # the fits run on the main process
     dataset = dataset_spec.build(registry)
     dataset.num_views = 1
-    log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch})")
+    log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch}"
+        f"{f', over {hd.world_size()} processes' if hd.is_distributed() else ''})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
                           num_workers=num_workers, precision=precision, log=log)
-    with atomic_path(path) as tmp:
-        torch.save({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
-                    "num_classes": fs.num_classes, "num_bad": fs.num_bad}, tmp)
+    if hd.is_main_process():
+        with atomic_path(path) as tmp:
+            torch.save({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
+                        "num_classes": fs.num_classes, "num_bad": fs.num_bad}, tmp)
     return fs, path, False
+
+
+def _read_cache(path: Path, blob: str, log: Callable[[str], None]) -> FeatureSet | None:
+    """The features stored at ``path`` when it describes ``blob``; None (logged) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: extract again and replace it
+        log(f"feature cache {path} is unreadable ({type(exc).__name__}: {exc}); extracting again")
+        return None
+    if stored.get("description") != blob:
+        log(f"feature cache {path} describes other features; extracting again")
+        return None
+    return FeatureSet(stored["features"], stored["labels"], list(stored["video_ids"]),
+                      int(stored["num_classes"]), int(stored["num_bad"]))

@@ -2,6 +2,14 @@
 
 The pre-trained :class:`~hcframe.engine.model.MultiTaskModel` is never modified: the trunk and the
 branches the evaluated representation uses are deep-copied into an :class:`EncoderPath`.
+
+Under torchrun the copy trains under DDP: ``batch_size`` stays the global batch, each process
+takes ``batch_size / world`` clips of it (the same videos one process would put in that step's
+batch: :class:`~hcframe.engine.sampler.EpochSampler` deals out one permutation), batch norm is
+synchronised across GPUs (one process's statistics), and the test views are sharded and gathered.
+What still differs from one process: the random draws of the batch transform and of dropout are
+made per process. A model without batch norm, trained without random augmentation and dropout,
+reaches the one-process weights up to float rounding (tests/evaluation/test_eval_distributed.py).
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from hcframe.data import BAD
+from hcframe.engine import distributed as hd
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.sampler import EpochSampler
 from hcframe.engine.precision import autocast, grad_scaler
-from hcframe.evaluation.features import TestViews, device_views, make_loader
+from hcframe.evaluation.features import TestViews, device_views, gather_in_dataset_order, make_loader, sum_over_ranks
 from hcframe.evaluation.metrics import multiview_metrics
 from hcframe.eval_tables import FinetuneOptions
 from hcframe.heads import LinearHead
@@ -78,17 +88,30 @@ class FinetuneClassifier(nn.Module):
 def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
                 num_workers: int, precision: str, log: Callable[[str], None]) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, V, C]`` of every view of every readable video, their labels ``[N]``, and the
-    number of unreadable videos skipped."""
+    number of unreadable videos skipped. Under torchrun each process scores its share and every
+    process returns all of them, in the dataset's order."""
     net.eval()
     readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
-    scores, labels = [], []
+    scores, labels, indices = [], [], []
     for views, batch in readable:
         with autocast(device, precision):
             scores.append(torch.stack([net(v).float() for v in views], dim=1).cpu())
         labels.append(batch["label"].view(-1).long())
-    if not scores:
+        indices.append(batch["index"].view(-1).long())
+    num_bad = sum_over_ranks(readable.num_bad)
+    local = [torch.cat(t) if t else None for t in (indices, scores, labels)]
+    index, all_scores, all_labels = gather_in_dataset_order(*local)
+    if index is None or index.numel() == 0:
         raise RuntimeError(f"no test video of {type(dataset).__name__} could be read")
-    return torch.cat(scores), torch.cat(labels), readable.num_bad
+    return all_scores, all_labels, num_bad
+
+
+def sum_over_ranks_float(value: Tensor) -> float:
+    """A device scalar summed over the processes of a distributed run, read back once."""
+    if hd.is_distributed():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return float(value)
 
 
 def finetune_metrics(
@@ -119,13 +142,21 @@ def finetune_metrics(
     num_classes = len(train_dataset.class_names)
     if num_classes == 0:
         raise ValueError(f"fine-tuning needs a labelled dataset; {type(train_dataset).__name__} has no class names")
+    world, rank = hd.world_size(), hd.rank()
+    if batch_size % world:
+        raise ValueError(f"fine-tuning: batch_size {batch_size} (the global batch) is not divisible by the {world} processes")
     net = FinetuneClassifier(EncoderPath(model, branch), num_classes, options.dropout).to(device)
+    if hd.is_distributed() and device.type == "cuda":  # batch statistics over the global batch, as in one process
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     train_transform.set_flip_allowed(bool(getattr(train_dataset, "flip_preserves_label", True)))
     lr = scaled_learning_rate(options.lr, batch_size)
-    log(f"finetune: lr {options.lr:g} per {REFERENCE_BATCH} clips -> {lr:g} at batch size {batch_size}")
-    sampler = EpochSampler(len(train_dataset), 1, 0, seed=seed, shuffle=True)
+    log(f"finetune: lr {options.lr:g} per {REFERENCE_BATCH} clips -> {lr:g} at batch size {batch_size}"
+        f"{f' ({batch_size // world} on each of {world} processes)' if world > 1 else ''}")
+    # One permutation per epoch, dealt out over the processes: each step's global batch holds the
+    # videos one process would take in that step.
+    sampler = EpochSampler(len(train_dataset), world, rank, seed=seed, shuffle=True)
     drop_last = len(train_dataset) >= batch_size  # no batch of one for batch norm
-    loader = make_loader(train_dataset, batch_size, num_workers, sampler=sampler, drop_last=drop_last)
+    loader = make_loader(train_dataset, batch_size // world, num_workers, sampler=sampler, drop_last=drop_last)
     steps_per_epoch = len(loader)
     max_steps = options.epochs * steps_per_epoch
     optimizer = build_optimizer(
@@ -140,34 +171,43 @@ def finetune_metrics(
         ),
         max_steps,
     )
+    trained: nn.Module = net
+    if hd.is_distributed():
+        trained = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = grad_scaler(device, precision)
     step, epoch_loss, bad_count = 0, float("nan"), 0
     for epoch in range(options.epochs):
         sampler.set_position(epoch, 0)
-        net.train()
-        losses = []
+        trained.train()
+        loss_sum, loss_steps = torch.zeros((), device=device), 0  # read once per epoch, not per step
         for batch in loader:
             bad = batch.pop(BAD)
             for b in bad:
                 log(f"skipping unreadable video {b.path}: {b.reason}")
             bad_count += len(bad)
-            if "views" not in batch:
+            # Every process takes every step (DDP's all-reduce): a batch none of whose videos could
+            # be read on one process is skipped by all of them.
+            if not hd.all_ranks_agree("views" in batch):
                 continue
             set_learning_rate(optimizer, lr, schedule, step, max_steps)
             views = device_views(batch, train_transform, device, train=True)
             clips = torch.cat(views, dim=0)
             labels = batch["label"].view(-1).long().to(device).repeat(len(views))
             with autocast(device, precision):
-                logits = net(clips)
+                logits = trained(clips)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            losses.append(float(loss.detach()))
-        epoch_loss = sum(losses) / max(len(losses), 1)
+            loss_sum += loss.detach()
+            loss_steps += 1
+        epoch_loss = sum_over_ranks_float(loss_sum) / max(loss_steps * world, 1)
         log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
+    bad_count = sum_over_ranks(bad_count)
+    # Each process scores its share with its own copy (identical after DDP); in eval mode
+    # SyncBatchNorm uses its running statistics, without a collective.
     scores, labels, test_bad = view_logits(net, test_dataset, test_transform, device, batch_size=batch_size,
                                            num_workers=num_workers, precision=precision, log=log)
     return {

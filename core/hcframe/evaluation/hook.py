@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from hcframe.components import Hook
+from hcframe.engine.loop import RunFailed
+from hcframe.eval_tables import COMMON_DEFAULTS
 from hcframe.evaluation.runner import run_evaluations
 
 __all__ = ["EvaluateAtEnd"]
@@ -11,10 +13,24 @@ __all__ = ["EvaluateAtEnd"]
 class EvaluateAtEnd(Hook):
     """Runs the recipe's ``[[eval]]`` stages on the trained model once training has ended cleanly
     (completed, or stopped by a hook); the results go to ``summary["eval"]``. Registered last, it
-    runs after the final checkpoint is written, so a failing evaluation loses no training."""
+    runs after the final checkpoint is written, so a failing evaluation loses no training. Under
+    torchrun every process evaluates a share (see :mod:`hcframe.evaluation.runner`); a fine-tuning
+    ``batch_size`` the processes cannot share equally is refused before training."""
 
     def __init__(self, progress: bool = False) -> None:
         self.progress = progress
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        if trainer.world == 1:
+            return
+        for index, table in enumerate(trainer.recipe.evaluations):
+            batch = table.get("batch_size", COMMON_DEFAULTS["batch_size"])
+            if table.get("protocol") == "finetune" and batch % trainer.world:
+                raise RunFailed(
+                    f"{trainer.recipe.source}: eval[{index}].batch_size = {batch} (fine-tuning's global batch) is not "
+                    f"divisible by the {trainer.world} processes; use a multiple of {trainer.world}"
+                )
 
     def after_train(self) -> None:
         trainer = self.trainer

@@ -1,5 +1,10 @@
 """Running a recipe's ``[[eval]]`` stages, on a trained model or on a checkpoint.
 
+Under torchrun every process takes part: feature extraction and the test passes are sharded
+over the processes and gathered (:mod:`hcframe.evaluation.features`), fine-tuning trains under
+DDP; the fits on features (linear probe, multi-view, retrieval) and the metrics are computed on the
+main process, which returns the results (the others return ``{}``).
+
 Results are a flat dict ``{"<protocol>/<test dataset>/<branch>[/split<k>]": {metric: value}}``
 (or ``"<label>[/split<k>]"``) plus ``".../mean"`` entries averaging the float metrics over splits
 when several are asked for. Accuracies and recalls are fractions in [0, 1].
@@ -74,6 +79,8 @@ def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
 
 def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
     tr, te = ctx.features(spec, train), ctx.features(spec, test)
+    if not hd.is_main_process():
+        return {}
     o = spec.options
     metrics = linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
                                    where=f"{spec.where} {key}", log=ctx.log)
@@ -82,6 +89,8 @@ def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: Com
 
 def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
     tr, te = ctx.features(spec, train), ctx.features(spec, test)
+    if not hd.is_main_process():
+        return {}
     o = spec.options
     metrics = multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
                                       where=f"{spec.where} {key}", log=ctx.log)
@@ -90,6 +99,8 @@ def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: Compon
 
 def _retrieval(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
     tr, te = ctx.features(spec, train), ctx.features(spec, test)
+    if not hd.is_main_process():
+        return {}
     return _with_bad(retrieval_metrics(tr, te, list(spec.options.ks), log=ctx.log), tr, te)
 
 
@@ -131,10 +142,12 @@ def run_evaluations(
     """Run every ``[[eval]]`` table of ``recipe`` on ``model`` (left unchanged, its train/eval mode
     restored); features are cached under ``run_dir/features``. Each evaluation runs inside
     :func:`torch.random.fork_rng` seeded with its ``seed``: results do not depend on what ran
-    before, and the caller's random state is untouched. Runs on the main process only (other
-    ranks return ``{}``). ``progress`` is accepted for the CLI; progress goes to ``log``."""
-    if not hd.is_main_process():
-        return {}
+    before, and the caller's random state is untouched. Under torchrun every process must call it
+    (see the module docstring); the main process returns the results and logs, the others return
+    ``{}``. ``progress`` is accepted for the CLI; progress goes to ``log``."""
+    main = hd.is_main_process()
+    if not main:
+        log = _quiet
     registry = registry or get_registry()
     if device is None:
         from hcframe.engine.trainer import choose_device
@@ -165,7 +178,11 @@ def run_evaluations(
                 results[mean_key] = _mean_over_splits(per_split, spec.splits)
     finally:
         model.train(was_training)
-    return results
+    return results if main else {}
+
+
+def _quiet(message: str) -> None:
+    """The log of the non-main processes: the main process reports."""
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -220,15 +237,30 @@ def evaluate_checkpoint(
     registry: Registry | None = None,
 ) -> dict[str, Any]:
     """Build the recipe's model, load ``checkpoint``'s weights, run the evaluation stages; write
-    ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it."""
-    from hcframe.engine.trainer import build_model, choose_device
+    ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it. Under
+    torchrun every process evaluates a share; the main process writes the file (the others'
+    ``eval`` is empty)."""
+    from hcframe.engine.trainer import choose_device
 
     started = time.perf_counter()
     registry = registry or get_registry()
     device = device or choose_device(recipe.train.device)
+    started_group = not hd.is_distributed() and hd.init_from_environment(device.type)  # under torchrun: a share each
+    try:
+        return _evaluate_checkpoint(recipe, checkpoint, output_dir, device, log, progress, registry, started)
+    finally:
+        if started_group:
+            hd.shutdown()
+
+
+def _evaluate_checkpoint(recipe: Recipe, checkpoint: Path, output_dir: Path, device: torch.device, log: Log, progress: bool,
+                         registry: Registry, started: float) -> dict[str, Any]:
+    from hcframe.engine.trainer import build_model
+
     model = build_model(recipe, registry)
     info = load_model_weights(model, checkpoint, recipe, registry)
-    log(f"weights: {info['weights']}")
+    if hd.is_main_process():
+        log(f"weights: {info['weights']}")
     model.to(device)
     output_dir = Path(output_dir)
     results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry)
@@ -240,8 +272,9 @@ def evaluate_checkpoint(
         "eval": results,
         "wall_time_s": time.perf_counter() - started,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output_dir / "eval.json", report)
+    if hd.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output_dir / "eval.json", report)
     return report
 
 
