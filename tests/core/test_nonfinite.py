@@ -15,7 +15,7 @@ import torch
 import hcframe
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.loop import RunFailed
-from hcframe.engine.nonfinite import step_if_finite
+from hcframe.engine.nonfinite import gradients_finite, step_if_finite
 from hcframe.engine.trainer import Trainer
 from hcframe_testkit import CrashAfterMicroBatches, Crashed
 
@@ -73,6 +73,37 @@ def test_a_nonfinite_step_changes_nothing_and_is_counted_and_logged(toy_recipe, 
     assert skipped == {1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 1}
     assert summary["nonfinite_steps"] == {"count": 1, "last": {"step": 3, "nonfinite": ["bad/toy", "bad/loss", "loss"] if where == "loss" else ["gradients"]}}
     assert summary["steps"] == 6
+
+
+def test_adamw_skips_on_the_device_leaving_its_moments_and_step_count(toy_recipe, tmp_path):
+    recipe = toy_recipe(
+        tasks={"bad": {"name": "nonfinite_at", "steps": [3]}}, optim={"name": "adamw", "lr": 1e-3},
+        train={"steps": 3, "batch_size": 8, "checkpoint_every": 1, "keep_checkpoints": 5},
+    )
+    _train(recipe, tmp_path / "run")
+    two, three = _state(tmp_path / "run", 2), _state(tmp_path / "run", 3)
+    assert _same_tensors(two["model"], three["model"])
+    for a, b in zip(two["optimizer"]["state"].values(), three["optimizer"]["state"].values()):
+        assert float(a["step"]) == float(b["step"]) == 2.0
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("poison", [None, "nan", "inf", "-inf"])
+def test_gradients_finite_finds_any_nonfinite_entry_and_leaves_the_gradients_alone(poison):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(*shape)) for shape in [(3, 4), (5,), (2, 3, 3, 3, 3), (1,)]]
+    params.append(torch.nn.Parameter(torch.randn(4, dtype=torch.float64)))  # another dtype: the fallback
+    for p in params[:-1]:
+        p.grad = torch.randn_like(p)
+    if poison is not None:
+        params[2].grad[1, 2, 0, 1, 2] = float(poison)
+    before = [p.grad.clone() for p in params if p.grad is not None]
+    expected = all(bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+    assert bool(gradients_finite(params)) is expected is (poison is None)
+    after = [p.grad for p in params if p.grad is not None]
+    assert all(torch.equal(a, b) or (torch.isnan(a).any() and torch.equal(a.isnan(), b.isnan())) for a, b in zip(before, after))
+    params[4].grad = torch.full((4,), float(poison or 1.0), dtype=torch.float64)
+    assert bool(gradients_finite(params)) is (poison is None)
 
 
 def test_skipping_an_optimisers_first_step_leaves_no_state_behind():

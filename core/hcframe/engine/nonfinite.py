@@ -31,20 +31,34 @@ from hcframe.components import Hook
 from hcframe.engine.loop import RunFailed
 from hcframe.metrics import MetricInfo
 
-__all__ = ["NonFiniteSteps", "all_ranks_finite", "describe_nonfinite", "gradient_norm", "nonfinite_tensors", "step_if_finite"]
+__all__ = ["NonFiniteSteps", "all_ranks_finite", "describe_nonfinite", "gradients_finite", "nonfinite_tensors", "step_if_finite"]
 
 ADVICE = "lower optim.lr, set train.clip_grad, or check the loss for a division by zero or a log of 0"
 
 
-def gradient_norm(params: Iterable[nn.Parameter]) -> Tensor:
-    """The L2 norm of all gradients of ``params`` together (0 when none has one), on their device;
-    NaN or infinite when any gradient is."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: fused per-device norms
-        return torch.nn.utils.get_total_norm(grads, 2.0)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+def gradients_finite(params: Iterable[nn.Parameter]) -> Tensor:
+    """Whether every gradient of ``params`` is finite: a bool scalar on their device (True when
+    none has a gradient), computed without waiting for the device.
+
+    Uses the check :class:`torch.amp.GradScaler` runs on every step (one multi-tensor kernel on
+    CUDA; on CPU a tenth of the time of a norm over a video ResNet's 111 small tensors), with a
+    scale of 1, which leaves the gradients as they are."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            by_device.setdefault(p.grad.device, []).append(p.grad)
+    if not by_device:
+        return torch.ones((), dtype=torch.bool)
+    flags = []
+    for device, grads in by_device.items():
+        found = torch.zeros(1, device=device)
+        check = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
+        if check is not None and len({g.dtype for g in grads}) == 1:
+            check(grads, found, torch.ones(1, device=device))
+        else:  # norms: NaN or infinite with any non-finite entry
+            found += (~torch.isfinite(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))).any()
+        flags.append(found.reshape(()) == 0)
+    return flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()
 
 
 def all_ranks_finite(finite: Tensor) -> Tensor:
@@ -63,9 +77,11 @@ def step_if_finite(optimizer: torch.optim.Optimizer, finite: Tensor) -> None:
     A fused optimiser skips on the device (``found_inf``): no wait for the device. Its first step is
     decided on the host all the same: fused SGD with momentum allocates its momentum buffers
     uninitialised on its first step and a skipped first step leaves them so (torch 2.x; the next
-    step then reads garbage), so a fused optimiser is only handed a possible skip once it has state.
+    step then reads garbage), so a fused optimiser is only handed a possible skip once it has state
+    (or when it never has any: SGD without momentum).
     """
-    if getattr(optimizer, "_step_supports_amp_scaling", False) and optimizer.state:
+    stateless = isinstance(optimizer, torch.optim.SGD) and all(g.get("momentum", 0) == 0 for g in optimizer.param_groups)
+    if getattr(optimizer, "_step_supports_amp_scaling", False) and (optimizer.state or stateless):
         optimizer.grad_scale = None  # type: ignore[attr-defined]  # the gradients are unscaled already
         optimizer.found_inf = (~finite).to(torch.float32)  # type: ignore[attr-defined]
         try:

@@ -35,7 +35,7 @@ from hcframe.engine.hooks import BadVideoAccountant, Checkpointer, GradientCosin
 from hcframe.engine.loop import RunFailed, TrainerBase
 from hcframe.engine.metric_log import MetricLog, stack_values
 from hcframe.engine.model import MultiTaskModel
-from hcframe.engine.nonfinite import NonFiniteSteps, all_ranks_finite, gradient_norm, step_if_finite
+from hcframe.engine.nonfinite import NonFiniteSteps, all_ranks_finite, gradients_finite, step_if_finite
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.precision import autocast, grad_scaler
 from hcframe.engine.pretrained import initialise_from_recipe
@@ -396,11 +396,11 @@ class Trainer(TrainerBase):
         """Unscale (fp16), clip, and step unless ``losses`` or the gradients are not finite;
         returns whether the step was finite (a bool on the device)."""
         self.scaler.unscale_(self.optimizer)  # a no-op unless fp16
-        if self.recipe.train.clip_grad > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.clip_grad)
+        if self.recipe.train.clip_grad > 0:  # the total norm is at hand: NaN or infinite with any gradient
+            grads_finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.train.clip_grad))
         else:
-            norm = gradient_norm(self.trainable)
-        finite = all_ranks_finite(torch.isfinite(losses).all() & torch.isfinite(norm))
+            grads_finite = gradients_finite(self.trainable)
+        finite = all_ranks_finite(torch.isfinite(losses).all() & grads_finite)
         step_if_finite(self.optimizer, finite)
         self.scaler.update()  # fp16: backs off the scale after a step with non-finite gradients
         self.optimizer.zero_grad(set_to_none=True)
