@@ -5,14 +5,13 @@ and are never written to a checkpoint; a resume after skipped steps is bit-ident
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 import hcframe
+from hcframe.cli import cli
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.loop import RunFailed
 from hcframe.engine.nonfinite import gradients_finite, step_if_finite
@@ -158,13 +157,10 @@ def test_the_cli_reports_the_stop_in_one_line_and_the_summary(toy_recipe_file, t
         tasks={"bad": {"name": "nonfinite_at", "from_step": 2}},
         train={"steps": 8, "batch_size": 8, "max_nonfinite_steps": 2, "device": "cpu"},
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "hcframe", "--plugin", "hcframe_testkit", "run", str(recipe), "--output", "run"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert proc.returncode == 1
-    assert "2 optimisation steps in a row were not finite (steps 2-3; train.max_nonfinite_steps = 2): at step 3 loss term 'toy' of task 'bad' (= nan)" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--output", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "2 optimisation steps in a row were not finite (steps 2-3; train.max_nonfinite_steps = 2): at step 3 loss term 'toy' of task 'bad' (= nan)" in result.stderr
+    assert "Traceback" not in result.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed"
     assert summary["nonfinite_steps"] == {"count": 2, "last": {"step": 3, "nonfinite": ["bad/toy", "bad/loss", "loss"]}}

@@ -21,7 +21,8 @@ import pytest
 from eval_toy import TEST_DATA, TRAIN_DATA, toy_raw
 
 from hcframe.evaluation.features import batch_shard
-from hcframe.recipe import dump_toml
+from hcframe.recipe import dump_toml, load_recipe
+from hcframe.run import run_recipe
 
 pytestmark = pytest.mark.usefixtures("testkit")
 
@@ -31,9 +32,9 @@ FINETUNE = {"protocol": "finetune", "branch": "sup", "train_data": TRAIN_DATA, "
             "optimizer": "adamw", "lr": 0.05, "dropout": 0.0, "batch_size": 6}
 
 
-def _hcframe(args, cwd, nproc):
+def _torchrun(args, cwd, nproc):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     proc = subprocess.run([*prefix, "-m", "hcframe", "--plugin", "hcframe_testkit", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -49,10 +50,10 @@ def test_batch_shard_deals_out_one_process_batches():
 def test_two_processes_evaluate_like_one(tmp_path):
     recipe = tmp_path / "toy.toml"
     recipe.write_text(dump_toml(toy_raw(PROBE, RETRIEVAL, FINETUNE)))
-    single = _hcframe(["run", str(recipe), "--output", "one"], tmp_path, nproc=1)
-    one = json.loads((tmp_path / "one" / "summary.json").read_text())["eval"]
+    messages: list[str] = []  # one process: in this one
+    one = run_recipe(load_recipe(recipe), tmp_path / "one", log=messages.append)["eval"]
     checkpoint = tmp_path / "one" / "checkpoints" / "step_00000006.pt"
-    two = _hcframe(["eval", str(recipe), "--checkpoint", str(checkpoint), "--output", "two"], tmp_path, nproc=2)
+    two = _torchrun(["eval", str(recipe), "--checkpoint", str(checkpoint), "--output", "two"], tmp_path, nproc=2)
     report = json.loads((tmp_path / "two" / "eval.json").read_text())["eval"]
 
     assert report.keys() == one.keys()
@@ -64,7 +65,7 @@ def test_two_processes_evaluate_like_one(tmp_path):
     for metric in ("top1", "top5", "clip_top1", "num_train", "num_test", "test_views"):
         assert ft_two[metric] == ft_one[metric], metric
     # Epoch by epoch the same losses (to the 4 digits logged), and they moved: it trained.
-    epochs = [[line for line in p.stderr.splitlines() if line.startswith("finetune epoch")] for p in (single, two)]
+    epochs = [[line for line in lines if line.startswith("finetune epoch")] for lines in (messages, two.stderr.splitlines())]
     assert len(epochs[0]) == 4 and epochs[0] == epochs[1]
     assert len(set(line.split("loss ")[1] for line in epochs[0])) > 1
     # The work was shared: the main process encoded half of each dataset (24 and 12 videos in
