@@ -106,7 +106,7 @@ def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torc
     return all_scores, all_labels, num_bad
 
 
-def sum_over_ranks_float(value: Tensor) -> float:
+def _sum_over_ranks_float(value: Tensor) -> float:
     """A device scalar summed over the processes of a distributed run, read back once."""
     if hd.is_distributed():
         value = value.clone()
@@ -203,7 +203,7 @@ def finetune_metrics(
             step += 1
             loss_sum += loss.detach()
             loss_steps += 1
-        epoch_loss = sum_over_ranks_float(loss_sum) / max(loss_steps * world, 1)
+        epoch_loss = _sum_over_ranks_float(loss_sum) / max(loss_steps * world, 1)
         log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
     bad_count = sum_over_ranks(bad_count)
     # Each process scores its share with its own copy (identical after DDP); in eval mode
