@@ -5,7 +5,7 @@ on the same batch (synthetic tensors already on the device, already augmented: n
 no transform on either side), with the same loss functions and metrics (the plugins' own), the
 same fused optimiser (SGD with momentum and weight decay, ``fused=True``) and learning-rate
 schedule (cosine), and both read their losses and metrics back every ``--log-every`` steps only.
-So the ratio measures what the framework costs per step: :class:`hcframe.engine.trainer.Trainer`'s
+Both start from the same weights. So the ratio measures what the framework costs per step: :class:`hcframe.engine.trainer.Trainer`'s
 ``run_step`` (the multi-task model, the combiner, device-side metric logging, the non-finite step
 check and skip) and its hooks (checkpoint bookkeeping, ``metrics.jsonl``, progress, non-finite
 accounting), against the few lines a researcher would write.
@@ -20,14 +20,18 @@ Variants (each a hand-written loop and hcframe's step):
 
 On CUDA every variant runs in bf16 with channels_last and ``torch.compile`` (``--no-compile`` to
 leave compile out); on CPU in fp32, eagerly. Timing: after warm-up steps, ``--repeats`` rounds;
-in every round each (variant, side) runs ``--steps`` steps in a rotating order, timed to the end
-of the device's work. Reported: median clips/s per side, and the median over rounds of the
-per-round ratio hcframe / hand-written (the two sides of a round ran seconds apart, so load on a
-shared machine cancels out of it).
+in every round each variant runs ``--steps`` steps of one side then of the other (which goes
+first alternates), timed to the end of the device's work. Reported: median clips/s per side, and
+the median over rounds of the per-round ratio hcframe / hand-written (the two blocks of a ratio
+ran back to back, so load on a shared machine mostly cancels out of it).
 
 On CPU the process's CPU time is what is compared (one thread by default), since on a shared
 machine wall-clock time mostly measures the neighbours; the ratio of wall-clock to CPU time over
 all blocks is printed as a measure of how loaded the machine was.
+
+The framework's own cost per step is a fixed amount of host work; to see it, time a model so
+small that it shows: ``--width 2 --batch 4 --frames 4 --size 32 --steps 40 --repeats 25 --lr 1e-4``
+(the low rate keeps batch norm over 4 clips of 32x32 from diverging).
 
 Targets (issue 10): hcframe / hand-written >= 0.97 on CPU, >= 1.00 on a GPU; ``simclr+distill``
 at most 1.05x the time per step of ``simclr``.
@@ -116,6 +120,14 @@ class HandWritten:
         self.step_count = 0
         self.running: Tensor | None = None
         self.logged: list[float] = []
+
+    def copy_weights(self, model: nn.Module) -> None:
+        """Start from the weights of hcframe's model (``split = "none"``: its trunk is the whole
+        encoder), so that both sides compute on the same numbers."""
+        self.encoder.load_state_dict(model.trunk.state_dict())
+        owners = {"cls": "sup", "proj": "simclr", "parsing": "parsing"}
+        for name, head in self.heads.items():
+            head.load_state_dict(model.tasks[owners[name]].head.state_dict())
 
     def losses(self, batch: dict[str, Any]) -> list[Tensor]:
         """[total loss, then the numbers it logs]."""
@@ -262,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--no-compile", action="store_true", help="CUDA: leave torch.compile out")
+    parser.add_argument("--aa", action="store_true", help="also time the first variant's hand-written loop against a copy of itself (the noise floor)")
     parser.add_argument("--threads", type=int, default=1, help="CPU: torch threads (default 1: CPU time then measures the work)")
     args = parser.parse_args(argv)
 
@@ -298,17 +311,26 @@ def main(argv: list[str] | None = None) -> None:
             trainer.start()
             encoder = get_registry().create("encoder", "r2plus1d_18", width=args.width)
             hand = HandWritten(variant, encoder, args, device)
+            hand.copy_weights(trainer.model)
             sides[(variant, "hand-written")] = (hand.step, batch)
             sides[(variant, "hcframe")] = (trainer.one_step, batch)
+            if args.aa and variant == variants[0]:  # the noise floor: the hand-written loop against a copy of itself
+                twin = HandWritten(variant, get_registry().create("encoder", "r2plus1d_18", width=args.width), args, device)
+                twin.copy_weights(trainer.model)
+                sides[(variant, "twin")] = (twin.step, batch)
         for key, (step, batch) in sides.items():
             timed(step, batch, args.warmup, device)
         times: dict[tuple[str, str], list[tuple[float, float]]] = {key: [] for key in sides}
-        order = list(sides)
         for r in range(args.repeats):
-            rotated = order[r % len(order):] + order[: r % len(order)]
-            for key in rotated:
-                step, batch = sides[key]
-                times[key].append(timed(step, batch, args.steps, device))
+            # The two sides of a variant back to back (which goes first alternates): a ratio
+            # compares blocks seconds apart; the variants rotate.
+            for variant in variants[r % len(variants):] + variants[: r % len(variants)]:
+                pair = ["hand-written", "hcframe"] if r % 2 == 0 else ["hcframe", "hand-written"]
+                if (variant, "twin") in sides:
+                    pair.append("twin")
+                for side in pair:
+                    step, batch = sides[(variant, side)]
+                    times[(variant, side)].append(timed(step, batch, args.steps, device))
             print(f"round {r + 1}/{args.repeats} done (load average {os.getloadavg()[0]:.2f})", file=sys.stderr)
 
     # On CPU the process's CPU time (one thread): on a shared machine wall-clock time mostly
@@ -324,6 +346,12 @@ def main(argv: list[str] | None = None) -> None:
         ours = [t[clock] for t in times[(variant, "hcframe")]]
         ratio = statistics.median(h / o for h, o in zip(hand, ours))
         print(f"{variant:<16}{clips / statistics.median(hand):>22.2f}{clips / statistics.median(ours):>18.2f}{ratio:>24.3f}{min(hand) / min(ours):>8.3f}")
+    if (variants[0], "twin") in times:
+        hand = [t[clock] for t in times[(variants[0], "hand-written")]]
+        twin = [t[clock] for t in times[(variants[0], "twin")]]
+        ratios = [h / t for h, t in zip(hand, twin)]
+        print(f"noise floor: {variants[0]} hand-written / its twin: median {statistics.median(ratios):.3f}, "
+              f"rounds from {min(ratios):.3f} to {max(ratios):.3f}")
     if "simclr" in variants and "simclr+distill" in variants:
         for side in ("hcframe", "hand-written"):
             pairs = zip(times[("simclr+distill", side)], times[("simclr", side)])

@@ -1,11 +1,13 @@
 """The hooks every training run has (see :meth:`hcframe.engine.trainer.Trainer.build_hooks`).
 
-In the order the trainer registers them (other hooks go between the first three and the last
+In the order the trainer registers them (other hooks go between the first four and the last
 two: they see a step before it is logged, and may add to its log line):
 
 - :class:`Checkpointer`: ``checkpoints/step_N.pt`` every ``train.checkpoint_every`` steps and at the
   end, keeping the newest ``train.keep_checkpoints``; first, so that the final checkpoint is on
   disk before anything else ends the run (the evaluation);
+- :class:`~hcframe.engine.nonfinite.NonFiniteSteps` (in :mod:`hcframe.engine.nonfinite`): counts
+  and logs the steps skipped for a non-finite loss or gradient, stops a run that keeps skipping;
 - :class:`BadVideoAccountant`: reports each unreadable video once, keeps the list (in checkpoints
   and ``summary.json``), stops the run past ``train.max_bad_fraction`` or at the first one with
   ``train.on_bad_video = "raise"``;
