@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -95,6 +96,9 @@ def test_frames_are_batched_across_videos_in_full_batches_of_one_size(tmp_path, 
         stored = torch.from_numpy(store.read_raw(dataset.video_id(i), frames).astype(np.float32))
         assert stored.shape == online.shape
         torch.testing.assert_close(stored, online, atol=2e-3 * float(online.abs().max()), rtol=0)  # float16
+    # Decoding in two worker processes (videos arrive interleaved) writes the same files.
+    cache_teacher(RecordingTeacher(), dataset, tmp_path / "w", resolution=RES, kind="logits", batch_size=4, progress=False, workers=2)
+    assert _files(tmp_path / "w") == _files(tmp_path / "c")
 
 
 def test_shards_cover_every_video_once():
@@ -176,6 +180,15 @@ def test_every_k_stride_caches_the_frames_training_samples(tmp_path, tree, tiny_
     torch.testing.assert_close(read([0, 2, 4]), probs[[0, 2, 4]], atol=2e-3, rtol=0)
     torch.testing.assert_close(read([4, 5, 5]), probs[[4, 5, 5]], atol=2e-3, rtol=0)
     torch.testing.assert_close(read([1, 3]), probs[[0, 2]], atol=2e-3, rtol=0)
+
+    # Training opens the cache through the task: silent when the clips step by the cache's step,
+    # a warning when they step by 1 (frames 0, 0, 2, 2, ... would share targets).
+    task = hcframe.get_registry().create("task", "parsing_distill", teacher=teacher, cache=str(tmp_path / "cache"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert task.target_store(_dataset(tree, stride=2)) is not None
+    with pytest.warns(UserWarning, match=r"holds one frame in 2 \(every_k\) but the dataset.s clips step 1 frame"):
+        task.target_store(_dataset(tree, stride=1))
 
 
 def _recipe(tree: Path, parser: Path, cache: Path, stride: int = 2, teacher: str | None = None) -> str:

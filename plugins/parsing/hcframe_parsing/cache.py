@@ -17,8 +17,26 @@ most probable classes per pixel with probabilities renormalised over those ``k``
 1/255 (read-back error < 1/255 against the renormalised top-k); ``"logits"`` stores float16 logits
 (softmax on read); ``"labels"`` stores the argmax.
 
-Building is resumable and safe to interrupt: every video is written atomically, and a rerun skips
-the videos already present.
+Which frames
+------------
+A cache with step ``every_k`` holds frames ``0, k, 2k, ...`` and each video's last frame
+(:func:`cached_frame_indices`). Training reads a frame the cache does not hold as the nearest one it
+does (ties: the earlier; :meth:`PartMapStore.nearest_stored`). With ``every_k`` equal to the
+dataset's clip ``stride`` (``cache-teacher --every-k stride``) every frame of a clip lies at the
+same offset ``start mod k`` from a stored frame, so a clip's targets are those of the same clip
+shifted by at most ``k // 2`` frames, all frames alike, and exact when ``start`` is a multiple of
+``k``; a clip of a video shorter than its span repeats the last frame, which is stored. The plugin
+README gives the measured agreement with every-frame targets.
+
+Building at scale
+-----------------
+:func:`cache_teacher` decodes videos (optionally in worker processes) into one
+:class:`FrameBatcher`, which runs the teacher on batches of exactly ``batch_size`` frames filled
+across videos, so a frame's outputs do not depend on its batch-mates. Under ``torchrun`` each rank
+caches the videos :func:`shard_indices` gives it (any number of nodes, one shared folder), and
+the result is the same files, bit for bit, as one process writes. Building is resumable and safe
+to interrupt: every video is written atomically, and a rerun skips the videos whose file is a
+complete archive of the expected frame pattern (and redoes the others).
 """
 
 from __future__ import annotations
@@ -50,6 +68,7 @@ __all__ = [
     "cache_teacher",
     "cached_frame_indices",
     "encoder_for",
+    "frame_step_mismatch",
     "frame_chunks",
     "identity_differences",
     "iter_frame_chunks",
@@ -141,6 +160,21 @@ def open_teacher_cache(path: str | Path, teacher: hcframe.Teacher) -> PartMapSto
     if tuple(store.label_names) != tuple(teacher.label_names):
         raise PartMapError(f"teacher cache {path}: labels {list(store.label_names)} != teacher labels {list(teacher.label_names)}")
     return store
+
+
+def frame_step_mismatch(store: PartMapStore, dataset: Any) -> str | None:
+    """A one-line note when ``store`` holds every k-th frame (k > 1) but ``dataset``'s clips step
+    by a ``stride`` that is not a multiple of k: clip frames then share stored frames (stride 1
+    and k 2 read frames 0, 0, 2, 2, ...). ``None`` when the steps fit or are unknown."""
+    every_k = store.identity.get("every_k", 1) if isinstance(store.identity, dict) else 1
+    stride = getattr(dataset, "stride", None)
+    if not isinstance(every_k, int) or every_k <= 1 or not isinstance(stride, int) or stride % every_k == 0:
+        return None
+    return (
+        f"teacher cache {store.root} holds one frame in {every_k} (every_k) but the dataset's clips step {stride} "
+        f"frame(s): clip frames read the nearest stored frame, several the same one; rebuild it with "
+        f"--every-k stride (or a divisor of {stride}) for distinct targets"
+    )
 
 
 @attrs.frozen
@@ -434,10 +468,9 @@ def _open_writer(out_dir: str | Path, teacher: hcframe.Teacher, identity: dict[s
 class _VideoOutputs:
     """One video's stored values while its frames are in flight."""
 
-    __slots__ = ("index", "maps", "pending", "decoded", "error")
+    __slots__ = ("maps", "pending", "decoded", "error")
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self) -> None:
         self.maps: dict[int, Any] = {}
         self.pending = 0
         self.decoded = False
@@ -548,7 +581,7 @@ def cache_teacher(
         task = bar.add_task("cache-teacher", total=len(mine))
         bar.advance(task, len(skipped))
         for chunk in frame_chunks(dataset, todo, every_k, chunk_frames, workers):
-            out = open_videos.setdefault(chunk.video_id, _VideoOutputs(chunk.index))
+            out = open_videos.setdefault(chunk.video_id, _VideoOutputs())
             if chunk.error is not None:
                 out.error = chunk.error
                 out.maps.clear()

@@ -121,7 +121,7 @@ def cache_teacher_command(recipe_path, task_name, out, every_k, resolution, kind
         click.echo(
             f"teacher cache {report.root}: {len(report.written)} videos written ({report.frames} frames), "
             f"{len(report.skipped)} already cached, {len(report.failed)} failed; "
-            f"{report.frames_per_second:.1f} frames/s{ranks}"
+            f"{report.frames_per_second:.3g} frames/s{ranks}"
         )
         for video_id, reason in report.failed:
             click.echo(f"failed: {video_id}: {reason}", err=True)
