@@ -11,7 +11,8 @@ Measured:
 1. frames/s of ``cache-teacher`` at the full input size (473x473), every frame, as the command
    reports it (teacher, decoding, encoding and writing; not the start-up and checkpoint loading):
    one process with ``--threads`` threads, then ``torchrun --nproc_per_node 2`` with
-   ``threads / 2`` each, and that the two caches hold the same bytes.
+   ``threads / 2`` each, and whether the caches hold the same bytes (they do when every process
+   runs the same kernels: same thread count; otherwise float rounding may flip rare labels).
 2. agreement (argmax, over every pixel of every frame at the cache resolution) with that
    full-size, every-frame cache of
    - ``--every-k K`` (the clip stride): each frame read as training reads it (the nearest stored
@@ -89,6 +90,13 @@ def cache(recipe: Path, out: Path, args: argparse.Namespace, *extra: str, ranks:
     return float(match.group(1)) if match else float("nan")
 
 
+def same_files(a: Path, b: Path) -> bool:
+    names = sorted(p.name for p in (a / "videos").iterdir())
+    return names == sorted(p.name for p in (b / "videos").iterdir()) and all(
+        (a / "videos" / n).read_bytes() == (b / "videos" / n).read_bytes() for n in names
+    )
+
+
 def labels_of(store: PartMapStore, video_id: str, frames: list[int]) -> np.ndarray:
     return store.read_raw(video_id, frames)  # kind labels: uint8 [T, h, w]; missing frames -> nearest stored
 
@@ -150,8 +158,14 @@ def main() -> None:
     if not args.skip_ranks:
         print(f"   the same, torchrun 2 ranks x {max(1, args.threads // 2)} threads:")
         two = cache(recipe, work / "full2", args, ranks=2, threads=max(1, args.threads // 2))
-        same = all((work / "full" / "videos" / p.name).read_bytes() == p.read_bytes() for p in (work / "full2" / "videos").iterdir())
-        print(f"   frames/s: 1 process {one:.2f}, 2 ranks {two:.2f} (ratio {two / one:.2f}); same bytes as one process: {same}")
+        print(f"   frames/s: 1 process {one:.3g}, 2 ranks {two:.3g} (ratio {two / one:.2f}); "
+              f"same bytes as one process with {args.threads} threads: {same_files(work / 'full', work / 'full2')}")
+        if args.threads // 2 != args.threads:
+            print(f"   one process with the ranks' {max(1, args.threads // 2)} thread(s):")
+            cache(recipe, work / "full1", args, threads=max(1, args.threads // 2))
+            print(f"   same bytes as the 2 ranks: {same_files(work / 'full1', work / 'full2')}; label agreement of "
+                  f"{args.threads} vs {max(1, args.threads // 2)} thread(s): "
+                  f"{agreement(full, PartMapStore(work / 'full1'), video_ids, every):.5%}")
     print(f"   majority label share (trivial agreement baseline): {majority_share(full, video_ids, every):.2%}")
     if args.throughput_only:
         return

@@ -260,7 +260,14 @@ def test_torchrun_two_ranks_write_the_cache_of_one_process(tmp_path, tree, tiny_
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(_recipe(tree, parser, tmp_path / "one"))
     common = ["--resolution", *map(str, RES), "--k", "3", "--batch-frames", "3", "--no-progress", "--device", "cpu"]
-    one = CliRunner().invoke(cache_teacher_command, [str(recipe), *common])
+    # The same kernels as the ranks, which run one thread each: CPU convolutions may round
+    # differently with another thread count (the plugin README says when files are identical).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = CliRunner().invoke(cache_teacher_command, [str(recipe), *common])
+    finally:
+        torch.set_num_threads(threads)
     assert one.exit_code == 0, one.output
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

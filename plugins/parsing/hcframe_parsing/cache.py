@@ -34,7 +34,8 @@ Building at scale
 :class:`FrameBatcher`, which runs the teacher on batches of exactly ``batch_size`` frames filled
 across videos, so a frame's outputs do not depend on its batch-mates. Under ``torchrun`` each rank
 caches the videos :func:`shard_indices` gives it (any number of nodes, one shared folder), and
-the result is the same files, bit for bit, as one process writes. Building is resumable and safe
+the result is the same files, bit for bit, as one process writes when it runs the same kernels
+(same device type and batch size; on CPUs, the same number of threads per process). Building is resumable and safe
 to interrupt: every video is written atomically, and a rerun skips the videos whose file is a
 complete archive of the expected frame pattern (and redoes the others).
 """
@@ -299,7 +300,7 @@ class FrameBatcher:
     padded with black frames to ``batch_frames``. Every forward therefore has the same batch size,
     so a frame's outputs do not depend on which frames shared its batch (kernels may take another
     path for another batch size, e.g. 1): one process and several ranks, which batch different
-    frames together, write the same bits. When more than ``max_queued`` frames wait in queues of
+    frames together, write the same bits (on CPUs, with the same number of threads per process). When more than ``max_queued`` frames wait in queues of
     several sizes (videos of many sizes), the fullest queue runs padded.
 
     ``encode(logits [n, K, h, w])`` turns the teacher's outputs (on ``device``) into one stored
