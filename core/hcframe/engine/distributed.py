@@ -45,16 +45,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def init_from_environment(device_type: str) -> bool:
+def init_from_environment(device_type: str, backend: str | None = None) -> bool:
     """Initialise the default process group when launched by torchrun (``WORLD_SIZE`` > 1).
 
-    NCCL on CUDA, gloo on CPU. Returns whether the run is distributed.
+    ``backend``: default NCCL on CUDA, gloo on CPU; commands that only coordinate ranks (no
+    tensors on the GPU cross processes, e.g. ``cache-teacher``) pass ``"gloo"``. On CUDA the
+    process's device is set to ``LOCAL_RANK`` either way. Returns whether the run is distributed.
     """
     if is_distributed():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device_type == "cuda" else "gloo")
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)

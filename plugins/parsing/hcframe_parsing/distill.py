@@ -29,6 +29,7 @@ classes present in either of intersection / union.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 import hcframe
 from hcframe.components import TaskInput, TaskOutput
-from hcframe_parsing.cache import open_teacher_cache, run_teacher
+from hcframe_parsing.cache import frame_step_mismatch, open_teacher_cache, run_teacher
 from hcframe_parsing.ground_truth import GroundTruthTeacher
 
 __all__ = [
@@ -197,7 +198,11 @@ class ParsingDistillation(hcframe.PretextTask):
         if self.is_ground_truth:
             return self.teacher.store_for(dataset)
         if self.cache:
-            return open_teacher_cache(self.cache, self.teacher)
+            store = open_teacher_cache(self.cache, self.teacher)
+            note = frame_step_mismatch(store, dataset)
+            if note:
+                warnings.warn(note, stacklevel=2)
+            return store
         return None
 
     # --- targets ---------------------------------------------------------------------------------

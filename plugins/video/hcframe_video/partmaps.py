@@ -316,6 +316,23 @@ class PartMapWriter:
     def has_video(self, video_id: str) -> bool:
         return self.path_of(video_id).is_file()
 
+    def stored_frames(self, video_id: str) -> np.ndarray | None:
+        """The frame numbers of ``video_id``'s file if it is a readable archive that lists a
+        member for every one of them, else ``None`` (missing, truncated, not a zip, a member
+        missing). Reads only the zip directory and ``frame_indices``, not the maps: what a
+        resumed build checks before skipping a video."""
+        path = self.path_of(video_id)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                with archive.open(_FRAME_INDICES + ".npy") as fh:
+                    frames = np.lib.format.read_array(fh, allow_pickle=False)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+            return None
+        if frames.ndim != 1 or len(frames) == 0 or any(_frame_member(int(f)) + ".npy" not in names for f in frames):
+            return None
+        return frames.astype(np.int64)
+
     def write_video(
         self, video_id: str, frames: Mapping[int, Any] | np.ndarray | Sequence[Any]
     ) -> Path:
