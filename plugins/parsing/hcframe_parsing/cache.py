@@ -18,13 +18,15 @@ most probable classes per pixel with probabilities renormalised over those ``k``
 (softmax on read); ``"labels"`` stores the argmax.
 
 Building is resumable and safe to interrupt: every video is written atomically, and a rerun skips
-the videos already present.
+the videos already present and intact (each file is read back against the CRC-32s and sizes the
+zip format recorded when it was written); damaged ones are made again.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -154,13 +156,16 @@ def cache_teacher(
     chunk_frames: int = 256,
     progress: bool = True,
     on_video: Callable[[str], None] | None = None,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> CacheReport:
     """Run ``teacher`` over frames ``0, every_k, 2*every_k, ...`` of every video of ``dataset`` and
     store its outputs at ``resolution`` (``[h, w]``, covering the whole frame) in ``out_dir``.
 
     Videos are decoded with :func:`hcframe_video.decode.decode_frames` (the frame numbering the
     datasets use), ``chunk_frames`` at a time, and the teacher runs ``batch_size`` frames at a
-    time on ``device``. Videos already in the cache are skipped; a video that cannot be decoded is
+    time on ``device``. Videos already in the cache, intact (see
+:meth:`~hcframe_video.partmaps.PartMapWriter.check_video`), are skipped; a damaged or truncated
+file is made again, with a ``log`` line naming it. A video that cannot be decoded is
     reported in ``failed`` and left out (rerun after fixing it). ``kind``/``k``: see the module
     docstring (``k`` only for ``"topk"``; it is clipped to the number of classes).
     """
@@ -199,10 +204,13 @@ def cache_teacher(
         task = bar.add_task("cache-teacher", total=len(dataset))
         for i in range(len(dataset)):
             video_id = dataset.video_id(i)
-            if writer.has_video(video_id):
+            problem = writer.check_video(video_id)  # reads the file back: only intact ones count
+            if problem is None:
                 skipped.append(video_id)
                 bar.advance(task)
                 continue
+            if problem != "missing":
+                log(f"teacher cache: {writer.path_of(video_id)} is {problem}; making it again")
             path = dataset.video_path(i)
             try:
                 info = probe_video(path)
