@@ -210,7 +210,7 @@ file is made again, with a ``log`` line naming it. A video that cannot be decode
                 bar.advance(task)
                 continue
             if problem != "missing":
-                log(f"teacher cache: {writer.path_of(video_id)} is {problem}; making it again")
+                log(f"teacher cache: {writer.path_of(video_id)}: {problem}; making it again")
             path = dataset.video_path(i)
             try:
                 info = probe_video(path)
