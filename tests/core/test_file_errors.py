@@ -9,8 +9,6 @@ import errno
 import json
 import os
 import resource
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +21,6 @@ from hcframe.cli import cli
 from hcframe.files import FileWriteError, atomic_path, save_torch_atomic, write_text_atomic
 
 pytestmark = pytest.mark.usefixtures("testkit")
-
-SUPPORT = Path(__file__).resolve().parents[1] / "support"
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -124,22 +120,30 @@ def test_the_summary_write_failing_too_does_not_hide_the_first_error(toy_recipe_
     assert "Traceback" not in result.output and _leftovers(tmp_path / "run") == []
 
 
-def test_file_size_limit_names_the_checkpoint_not_inline_container(toy_recipe_file, tmp_path):
-    # A real limit (`ulimit -f`): checkpoints of this model are ~100 KB, every other file < 5 KB.
+@pytest.fixture
+def file_size_limit():
+    """``ulimit -f``-style limit on this process's files (Python ignores SIGXFSZ, so a write past
+    it fails with EFBIG, as in a job under a scheduler's limit); lifted afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def limit(size: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_file_size_limit_names_the_checkpoint_not_inline_container(toy_recipe_file, tmp_path, file_size_limit):
+    # Checkpoints of this model are ~100 KB; every other file of the run is < 5 KB.
     recipe = toy_recipe_file(train={"steps": 2, "batch_size": 8, "checkpoint_every": 2})
-    limit = 40_000
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HCFRAME_")}
-    env.update(PYTHONPATH=str(SUPPORT), OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    proc = subprocess.run(
-        [sys.executable, "-m", "hcframe", "--plugin", "hcframe_testkit", "run", str(recipe), "--output", str(tmp_path / "run")],
-        env=env, capture_output=True, text=True, timeout=240,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY)),
-    )
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    file_size_limit(40_000)
+    result = _run(recipe, tmp_path / "run")
+    file_size_limit(resource.RLIM_INFINITY)
+    assert result.exit_code == 1, result.output
     target = tmp_path / "run" / "checkpoints" / "step_00000002.pt"
-    [line] = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert line == f"error: cannot write {target}: file size limit reached (this process may write files of at most 39.1 KiB: `ulimit -f`)"
-    assert "Traceback" not in proc.stderr and "inline_container" not in proc.stderr
+    assert "Traceback" not in result.output and "inline_container" not in result.output
     assert _leftovers(tmp_path / "run") == []
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
 

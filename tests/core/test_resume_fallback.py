@@ -32,9 +32,9 @@ def _metric_lines(run_dir):
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(toy_recipe, tmp_path):
-    recipe = toy_recipe(train={"steps": 8, "batch_size": 8, "checkpoint_every": 4, "log_every": 2})
+    recipe = toy_recipe(train={"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1})
     _train(recipe, tmp_path / "run")
-    newest = tmp_path / "run" / "checkpoints" / "step_00000008.pt"
+    newest = tmp_path / "run" / "checkpoints" / "step_00000004.pt"
     uninterrupted = load_checkpoint(newest)
     logged = _metric_lines(tmp_path / "run")
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy cut short
@@ -45,18 +45,18 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(toy_recipe, 
     skipped = [m for m in messages if m.startswith("skipping")]
     assert len(skipped) == 1 and "\n" not in skipped[0]
     assert skipped[0].startswith(f"skipping {newest}: cannot load checkpoint (")
-    assert skipped[0].endswith("renamed it step_00000008.pt.unreadable")
-    assert f"resumed from {newest.with_name('step_00000004.pt')} at step 4" in messages
-    assert summary["steps"] == 8
-    # Steps 5-8 were trained again from step 4: the result is the first run's, bit for bit.
+    assert skipped[0].endswith("renamed it step_00000004.pt.unreadable")
+    assert f"resumed from {newest.with_name('step_00000002.pt')} at step 2" in messages
+    assert summary["steps"] == 4
+    # Steps 3 and 4 were trained again from step 2: the result is the first run's, bit for bit.
     resumed = load_checkpoint(newest)
-    assert resumed["step"] == 8
+    assert resumed["step"] == 4
     for key, value in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][key], value), key
-    assert newest.with_name("step_00000008.pt.unreadable").is_file()  # kept for inspection
+    assert newest.with_name("step_00000004.pt.unreadable").is_file()  # kept for inspection
     # ... and metrics.jsonl holds every logged step once, with the same losses.
     relogged = _metric_lines(tmp_path / "run")
-    assert [r["step"] for r in relogged] == [2, 4, 6, 8]
+    assert [r["step"] for r in relogged] == [1, 2, 3, 4]
     assert [r["loss"] for r in relogged] == [r["loss"] for r in logged]
 
 
@@ -85,17 +85,17 @@ def test_foreign_checkpoints_are_named_and_skipped(toy_recipe, tmp_path):
 
 
 def test_kill_between_checkpoints_then_resume_logs_every_step_once(toy_recipe, tmp_path):
-    recipe = toy_recipe(train={"steps": 8, "batch_size": 8, "checkpoint_every": 4, "log_every": 1})
+    recipe = toy_recipe(train={"steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 1})
     with pytest.raises(Crashed):
-        _train(recipe, tmp_path / "run", hooks=[CrashAfterMicroBatches(6)])
+        _train(recipe, tmp_path / "run", hooks=[CrashAfterMicroBatches(5)])  # killed in step 6
     before = _metric_lines(tmp_path / "run")
-    assert [r["step"] for r in before] == [1, 2, 3, 4, 5, 6]  # 5 and 6 come after the checkpoint of step 4
+    assert [r["step"] for r in before] == [1, 2, 3, 4, 5]  # 4 and 5 come after the checkpoint of step 3
     messages: list[str] = []
     _train(recipe, tmp_path / "run", resume=True, log=messages.append)
-    assert f"{tmp_path / 'run' / 'metrics.jsonl'}: dropped 2 lines after step 4 (those steps are logged again)" in messages
+    assert f"{tmp_path / 'run' / 'metrics.jsonl'}: dropped 2 lines after step 3 (those steps are logged again)" in messages
     after = _metric_lines(tmp_path / "run")
-    assert [r["step"] for r in after] == list(range(1, 9))
-    assert [r["loss"] for r in after[:6]] == [r["loss"] for r in before]  # steps 5, 6 trained again alike
+    assert [r["step"] for r in after] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in after[:5]] == [r["loss"] for r in before]  # steps 4, 5 trained again alike
 
 
 def test_cut_metric_log_drops_later_steps_and_a_torn_line(tmp_path):

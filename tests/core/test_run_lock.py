@@ -59,7 +59,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 def test_a_second_run_on_a_busy_directory_is_refused_and_the_lock_dies_with_its_holder(toy_recipe_file, tmp_path):
     (tmp_path / "wait_plugin.py").write_text(WAIT_PLUGIN)
     started, release = tmp_path / "started", tmp_path / "release"
-    recipe = toy_recipe_file(train={"steps": 4, "batch_size": 8, "checkpoint_every": 1, "log_every": 1})
+    recipe = toy_recipe_file(train={"steps": 3, "batch_size": 8, "checkpoint_every": 1, "log_every": 1})
     recipe.write_text(recipe.read_text() + f'\n[[hooks]]\nname = "wait_for_file"\nstarted = "{started}"\nrelease = "{release}"\n')
     run_dir = tmp_path / "run"
     env = _env(tmp_path)
