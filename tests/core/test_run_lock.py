@@ -45,6 +45,7 @@ def _env(*paths: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HCFRAME_")}
     env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (*paths, SUPPORT))
     env["OMP_NUM_THREADS"] = "1"
+    env["HCFRAME_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # the core and the test kit are all these runs need
     return env
 
 
