@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -140,12 +141,24 @@ def _default_run_dir(recipe_path: str, resume: bool) -> Path:
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/<recipe name>).")
-@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run directory.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run directory (with the run's --set options).")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and build the model, then stop.")
 def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None, resume: bool, dry_run: bool) -> None:
     """Run a recipe: pre-training, then its evaluation stages."""
+    from hcframe.rundir import RunDirBusy, RunDirError, merge_overrides, read_overrides
+
+    run_dir = Path(output) if output else _default_run_dir(recipe_path, resume)
+    if resume:  # the run's own --set options first; options given now are applied after them
+        try:
+            stored = read_overrides(run_dir)
+        except RunDirError as exc:
+            fail(str(exc), 2)
+        if stored and os.environ.get("RANK", "0") == "0":
+            err_console.print(escape(f"resuming with the run's options: {' '.join(f'--set {o}' for o in stored)}"), soft_wrap=True)
+        overrides = tuple(merge_overrides(stored, overrides))
     recipe = _load(recipe_path, overrides)
     from hcframe.engine.trainer import RunFailed, build_model
+    from hcframe.files import FileWriteError
 
     if dry_run:
         try:
@@ -157,17 +170,20 @@ def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None
         return
     from hcframe.run import run_recipe
 
-    run_dir = Path(output) if output else _default_run_dir(recipe_path, resume)
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         fail(f"{run_dir} already holds checkpoints; pass --resume to continue it or --output for a new run", 2)
     if os.environ.get("RANK", "0") == "0":
         err_console.print(f"run directory: {run_dir}")
     try:
-        summary = run_recipe(recipe, run_dir, resume=resume, progress=err_console.is_terminal)
-    except RunFailed as exc:
+        summary = run_recipe(recipe, run_dir, resume=resume, progress=err_console.is_terminal, overrides=overrides)
+    except RunDirBusy as exc:  # refused before anything was written
+        fail(str(exc), 2)
+    except (RunFailed, RunDirError, FileWriteError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
-        fail(f"interrupted; continue with: hcframe run {recipe_path} --output {run_dir} --resume", 130)
+        # The run directory keeps the --set options; plugins named by --plugin must be named again.
+        plugins = "".join(f"--plugin {shlex.quote(spec)} " for spec in os.environ.get(ENV_PLUGINS, "").split(",") if spec)
+        fail(f"interrupted; continue with: hcframe {plugins}run {shlex.quote(recipe_path)} --output {shlex.quote(str(run_dir))} --resume", 130)
     except Exception as exc:  # a failed run: one line, the traceback only on request
         if os.environ.get("HCFRAME_DEBUG"):
             traceback.print_exc()
@@ -352,8 +368,13 @@ def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, ove
 
 
 def main() -> None:
+    from hcframe.files import FileWriteError
+
     try:
         cli.main(prog_name="hcframe", standalone_mode=True)
     except PluginError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
+    except FileWriteError as exc:  # any command: the file and the cause (disk full, ...), one line
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(1)

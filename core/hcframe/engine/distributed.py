@@ -16,6 +16,7 @@ __all__ = [
     "all_gather_with_grad",
     "all_gather_no_grad",
     "barrier",
+    "broadcast_from_main",
     "init_from_environment",
     "is_distributed",
     "is_main_process",
@@ -107,3 +108,13 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` itself when not distributed.
+    For small values (a decision, a path, a message), not for tensors."""
+    if not is_distributed() or world_size() == 1:
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

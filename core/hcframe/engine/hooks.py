@@ -21,15 +21,17 @@ A hook reaches everything through ``self.trainer``.
 from __future__ import annotations
 
 import json
-from typing import IO, Any, Mapping
+from pathlib import Path
+from typing import IO, Any, Callable, Mapping
 
 from hcframe.components import Hook
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import save_checkpoint
 from hcframe.engine.loop import RunFailed
+from hcframe.files import write_text_atomic, writing
 from hcframe.metrics import MetricInfo, write_metric_schema
 
-__all__ = ["BadVideoAccountant", "Checkpointer", "GradientCosineProbe", "MetricWriter", "ProgressDisplay"]
+__all__ = ["BadVideoAccountant", "Checkpointer", "GradientCosineProbe", "MetricWriter", "ProgressDisplay", "cut_metric_log"]
 
 
 class BadVideoAccountant(Hook):
@@ -88,18 +90,43 @@ class GradientCosineProbe(Hook):
         trainer.measure_cosines = trainer.combiner.cosine_due(trainer.step + 1)
 
 
+def cut_metric_log(path: Path, step: int, log: Callable[[str], None] = lambda m: None) -> int:
+    """Keep the lines of ``metrics.jsonl`` at ``path`` up to ``step`` (where a run continues from)
+    and drop the rest, with a torn last line; returns how many lines were dropped. The file is
+    rewritten atomically, and only when something is dropped."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line a killed run left half-written
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
+        log(f"{path}: dropped {dropped} lines after step {step} (those steps are logged again)")
+    return dropped
+
+
 class MetricWriter(Hook):
     """``metrics.jsonl``: every ``every`` steps, at the last step and at a clean stop a line with the
     step, epoch, learning rate, the means since the previous line, this step's own values and
     ``clips_per_s``;
-    on other steps that have values of their own (gradient cosines), a line with just those. The
-    file is appended to (a resume replays the steps after its checkpoint: readers keep the later
-    line). ``metrics_schema.json`` describes every key; keys that show up undeclared are added.
-    Only the main process writes; every process keeps ``trainer.metrics.latest``."""
+    on other steps that have values of their own (gradient cosines), a line with just those. At
+    the start the file is cut back to the step training continues from (0 for a new run, the
+    checkpoint's step for a resume: the steps after it are run, and logged, again), so every step
+    appears once. ``metrics_schema.json`` describes every key; keys that show up undeclared are
+    added. Only the main process writes; every process keeps ``trainer.metrics.latest``."""
 
     def __init__(self, every: int) -> None:
         self.every = every
         self.file: IO[str] | None = None
+        self.path: Path | None = None
         self.declared: dict[str, MetricInfo] = {}
 
     def before_train(self) -> None:
@@ -107,7 +134,10 @@ class MetricWriter(Hook):
         self.declared = {i.name: i for i in trainer.metric_info()}
         if trainer.is_main:
             write_metric_schema(trainer.run_dir, self.declared.values())
-            self.file = open(trainer.run_dir / "metrics.jsonl", "a")
+            self.path = trainer.run_dir / "metrics.jsonl"
+            cut_metric_log(self.path, trainer.step, trainer.log)
+            with writing(self.path):
+                self.file = open(self.path, "a")
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -118,12 +148,17 @@ class MetricWriter(Hook):
 
     def after_train(self) -> None:
         trainer = self.trainer
-        if trainer.status in ("completed", "stopped") and trainer.metrics.window and trainer.metrics.latest_step != trainer.step:
-            self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))  # a stop between log lines
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-        trainer.summary["final_metrics"] = {k: v for k, v in trainer.metrics.latest.items() if k != "time"}
+        try:
+            if trainer.status in ("completed", "stopped") and trainer.metrics.window and trainer.metrics.latest_step != trainer.step:
+                self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))  # a stop between log lines
+        finally:
+            if self.file is not None:
+                file, self.file = self.file, None
+                try:
+                    file.close()
+                except OSError:  # a write that failed, and was reported, left data in its buffer
+                    pass
+            trainer.summary["final_metrics"] = {k: v for k, v in trainer.metrics.latest.items() if k != "time"}
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.file is None:
@@ -133,8 +168,10 @@ class MetricWriter(Hook):
             loss_keys = self.trainer.metrics.loss_keys
             self.declared.update({k: MetricInfo(k, "loss" if k in loss_keys else "other") for k in undeclared})
             write_metric_schema(self.trainer.run_dir, self.declared.values())
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        assert self.path is not None
+        with writing(self.path):  # "No space left on device" without a path otherwise
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
 
 
 class Checkpointer(Hook):

@@ -29,7 +29,15 @@ from torch.utils.data import DataLoader
 from hcframe.components import Hook, TaskOutput
 from hcframe.data import BAD, BadVideo, VideoDataset, collate
 from hcframe.engine import distributed as hd
-from hcframe.engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng
+from hcframe.engine.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    check_training_state,
+    compare_state_dicts,
+    find_resumable_checkpoint,
+    load_checkpoint,
+    restore_rng,
+)
 from hcframe.engine.combiner import TaskCombiner
 from hcframe.engine.hooks import BadVideoAccountant, Checkpointer, GradientCosineProbe, MetricWriter, ProgressDisplay
 from hcframe.engine.loop import RunFailed, TrainerBase
@@ -39,6 +47,7 @@ from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_r
 from hcframe.engine.precision import autocast, grad_scaler
 from hcframe.engine.pretrained import initialise_from_recipe
 from hcframe.engine.sampler import EpochSampler
+from hcframe.files import write_text_atomic
 from hcframe.metrics import MetricInfo
 from hcframe.recipe import Recipe
 from hcframe.registry import Registry, get_registry
@@ -261,7 +270,7 @@ class Trainer(TrainerBase):
     def before_train(self) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.toml").write_text(self.recipe.to_toml())
+            write_text_atomic(self.run_dir / "recipe.toml", self.recipe.to_toml())
         if self.resume:
             self.restore()
         self._batches = self._batch_stream()
@@ -393,24 +402,51 @@ class Trainer(TrainerBase):
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Continue from ``state`` (a :meth:`state_dict`); :class:`RunFailed` (one line naming
+        ``source``) when its model or optimiser does not fit this recipe's."""
         if state["recipe_sha256"] != self.recipe.sha256():
             warnings.warn(f"{source}: the recipe changed since this checkpoint was written; resuming with the new recipe", stacklevel=2)
         if state.get("world_size", 1) != self.world:
             warnings.warn(f"{source}: written by {state.get('world_size')} processes, resuming on {self.world}: the data order changes", stacklevel=2)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        mismatch = compare_state_dicts(self.model.state_dict(), state["model"])
+        if mismatch:
+            raise RunFailed(f"{source}: its model does not fit this recipe's: {mismatch.describe()}; resume with the recipe it was written with")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            restore_rng(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RunFailed(f"{source}: cannot resume from it ({type(exc).__name__}: {first}); resume with the recipe it was written with") from exc
         self.step = state["step"]
         self.epoch, self.micro = state["sampler"]["epoch"], state["sampler"]["batches_done"]
         for key in self.load_hook_states(state.get("hooks", {})):
             warnings.warn(f"{source}: no hook of this run takes the saved state {key!r}; it is left out", stacklevel=2)
 
     def restore(self) -> None:
-        """Continue from the newest checkpoint in :attr:`checkpoint_dir`, if there is one."""
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
+        """Continue from the newest checkpoint in :attr:`checkpoint_dir` that can be resumed from
+        (newer ones that cannot are named in the log, renamed ``*.unreadable`` and skipped);
+        from step 0 when there is none. The main process chooses the file; every process loads it."""
+        found: tuple[Path, dict[str, Any]] | None = None
+        choice: tuple[str | None, str | None] = (None, None)  # (path, error)
+        if self.is_main:
+            try:
+                found = find_resumable_checkpoint(self.checkpoint_dir, self.log)
+                choice = (str(found[0]) if found else None, None)
+            except CheckpointError as exc:
+                choice = (None, str(exc))
+        path_text, error = hd.broadcast_from_main(choice)
+        if error is not None:
+            raise RunFailed(error)
+        if path_text is None:
             self.log(f"no checkpoint in {self.checkpoint_dir}; starting from step 0")
             return
-        self.load_state_dict(load_checkpoint(path), source=str(path))
+        path = Path(path_text)
+        if found is None:  # another rank: the file rank 0 chose, which loaded there
+            try:
+                found = path, check_training_state(load_checkpoint(path), path)
+            except CheckpointError as exc:
+                raise RunFailed(str(exc)) from None
+        self.load_state_dict(found[1], source=str(path))
         self.log(f"resumed from {path} at step {self.step}")

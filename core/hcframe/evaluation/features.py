@@ -6,6 +6,11 @@ encoder path (shared trunk and the branches ``branch`` uses, buffers included), 
 dataset component table (which fixes the split, the test mode, ``num_clips``, ``num_crops``), the
 evaluation transform's table, the device type and the autocast precision. The description is
 stored in the file and checked on load, so a hash collision or a stale file is never used.
+
+Each file's size and SHA-256 are recorded beside it when it is written (``<key>.pt.digest.json``,
+see :func:`hcframe.files.record_digest`); a file that does not match them (damaged, truncated,
+replaced, or written before records were kept), does not load or does not have the cache's
+structure is extracted again, with one log line saying why.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hcframe.data import BAD, collate
-from hcframe.files import atomic_path
+from hcframe.files import check_digest, record_digest, save_torch_atomic
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.precision import autocast
 
@@ -193,23 +198,39 @@ def load_or_extract_features(
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: extract again and replace it
-            log(f"feature cache {path} is unreadable ({type(exc).__name__}: {exc}); extracting again")
-        else:
-            if stored.get("description") == blob:
-                fs = FeatureSet(stored["features"], stored["labels"], list(stored["video_ids"]),
-                                int(stored["num_classes"]), int(stored["num_bad"]))
-                log(f"features of {dataset_spec.name} ({len(fs.video_ids)} videos, branch {branch}) from cache {path}")
-                return fs, path, True
-            log(f"feature cache {path} describes other features; extracting again")
+        cached = _read_feature_cache(path, blob)
+        if isinstance(cached, FeatureSet):
+            log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {branch}) from cache {path}")
+            return cached, path, True
+        log(f"feature cache {path}: {cached}; extracting again")
     dataset = dataset_spec.build(registry)
     dataset.num_views = 1
     log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
                           num_workers=num_workers, precision=precision, log=log)
-    with atomic_path(path) as tmp:
-        torch.save({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
-                    "num_classes": fs.num_classes, "num_bad": fs.num_bad}, tmp)
+    save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
+                       "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)
+    record_digest(path)  # a file that does not match it later is extracted again
     return fs, path, False
+
+
+def _read_feature_cache(path: Path, description: str) -> FeatureSet | str:
+    """The features in cache file ``path`` when it is the file that was written (size and
+    SHA-256 as recorded), loads, has the cache's structure and ``description``; else why not."""
+    problem = check_digest(path)
+    if problem is not None:
+        return problem
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a file that is not what torch.save wrote
+        return f"unreadable ({type(exc).__name__})"
+    if not isinstance(stored, dict):
+        return f"holds a {type(stored).__name__}, not a feature cache"
+    if stored.get("description") != description:
+        return "describes other features"
+    features, labels, ids = stored.get("features"), stored.get("labels"), stored.get("video_ids")
+    if not (isinstance(features, Tensor) and features.ndim == 3 and isinstance(labels, Tensor) and labels.ndim == 1
+            and isinstance(ids, list) and len(ids) == len(labels) == len(features)
+            and isinstance(stored.get("num_classes"), int) and isinstance(stored.get("num_bad"), int)):
+        return "does not have a feature cache's structure"
+    return FeatureSet(features, labels, [str(i) for i in ids], stored["num_classes"], stored["num_bad"])

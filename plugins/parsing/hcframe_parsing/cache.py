@@ -36,8 +36,9 @@ across videos, so a frame's outputs do not depend on its batch-mates. Under ``to
 caches the videos :func:`shard_indices` gives it (any number of nodes, one shared folder), and
 the result is the same files, bit for bit, as one process writes when it runs the same kernels
 (same device type and batch size; on CPUs, the same number of threads per process). Building is resumable and safe
-to interrupt: every video is written atomically, and a rerun skips the videos whose file is a
-complete archive of the expected frame pattern (and redoes the others).
+to interrupt: every video is written atomically, and a rerun skips the videos whose file is
+intact (read back against the CRC-32s and sizes the zip format recorded when it was written) and
+holds the expected frame pattern; damaged ones are made again.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import datetime
 import inspect
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -494,6 +496,7 @@ def cache_teacher(
     workers: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
+    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> CacheReport:
     """Run ``teacher`` over the frames :func:`cached_frame_indices` names (``0, every_k, ...`` and
     the last) of every video of ``dataset`` and store its outputs at ``resolution`` (``[h, w]``,
@@ -512,8 +515,9 @@ def cache_teacher(
     given explicitly (independent jobs, e.g. an array job) do not wait for each other and each
     reports only its own share.
 
-    Resuming: a video whose file is a complete archive holding the cached frame pattern is
-    skipped; an unreadable or incomplete one is computed again. A video that cannot be decoded is
+    Resuming: a video whose file is intact (:meth:`~hcframe_video.partmaps.PartMapWriter.check_video`)
+    and holds the cached frame pattern is skipped; a damaged or incomplete one is computed again,
+    with a ``log`` line naming it. A video that cannot be decoded is
     reported in ``failed`` and left out (rerun after fixing it). ``kind``/``k``: see the module
     docstring (``k`` only for ``"topk"``; it is clipped to the number of classes).
     """
@@ -543,11 +547,15 @@ def cache_teacher(
     todo: list[int] = []
     skipped: list[str] = []
     for i in mine:
-        stored = writer.stored_frames(dataset.video_id(i))
+        video_id = dataset.video_id(i)
+        problem = writer.check_video(video_id)  # reads the file back: only intact ones count
+        stored = writer.stored_frames(video_id) if problem is None else None
         if stored is not None and _holds_cached_frames(stored, every_k):
-            skipped.append(dataset.video_id(i))
-        else:
-            todo.append(i)
+            skipped.append(video_id)
+            continue
+        if problem not in (None, "missing"):
+            log(f"teacher cache: {writer.path_of(video_id)}: {problem}; making it again")
+        todo.append(i)
 
     written: list[str] = []
     failed: list[tuple[str, str]] = []

@@ -55,7 +55,13 @@ video holds.
 
 Writing is atomic per video (a temporary file in the same folder, then ``os.replace``), so a writer
 that is interrupted leaves only complete videos; a new writer on the same folder resumes, skipping
-videos for which :meth:`PartMapWriter.has_video` is true.
+videos for which :meth:`PartMapWriter.check_video` finds the file intact.
+
+Verification: the zip format records the CRC-32 and size of every member when it is written.
+:meth:`PartMapWriter.check_video` reads a whole file back against them and checks its structure
+(``frame_indices``, one map per listed frame, each of the store's type and shape), so a truncated,
+damaged or foreign file is made again rather than counted as done; readers report such a file with
+one line naming it (:class:`PartMapError`). Arrays are never unpickled (``allow_pickle=False``).
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ import json
 import os
 import socket
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -112,6 +119,8 @@ _VIDEOS = "videos"
 _FRAME_INDICES = "frame_indices"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed so identical maps give identical bytes
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# What reading a damaged, truncated or foreign archive raises (ValueError: an object array).
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class PartMapError(ValueError):
@@ -371,6 +380,30 @@ class PartMapWriter:
                 f"resolution is {self.resolution[0]}x{self.resolution[1]}"
             )
 
+    def check_video(self, video_id: str) -> str | None:
+        """``None`` when ``video_id``'s file is complete and intact, else why not (``"missing"``
+        when there is no file). Reads the whole file: every member must decompress to the CRC-32
+        and size recorded when it was written, ``frame_indices`` must list frames that each have
+        a map, and every map must have this store's type and shape."""
+        path = self.path_of(video_id)
+        if not path.is_file():
+            return "missing"
+        return _check_archive(path, self._map_shape)
+
+    def _map_shape(self, array: np.ndarray) -> str | None:
+        """Why ``array`` is not a map of this store, or None."""
+        num, h_w = len(self.label_names), self.resolution
+        expected = {"labels": (np.uint8, 2), "topk": (np.uint8, 4), "logits": (np.float16, 3)}[self.kind]
+        if array.dtype != expected[0] or array.ndim != expected[1]:
+            return f"a {array.dtype} array of shape {list(array.shape)}, not a {self.kind} map"
+        if self.kind == "topk" and tuple(array.shape[:2]) != (2, self.k):
+            return f"shape {list(array.shape)}, not [2, {self.k}, h, w]"
+        if self.kind == "logits" and array.shape[0] != num:
+            return f"shape {list(array.shape)}, not [{num}, h, w]"
+        if h_w is not None and tuple(array.shape[-2:]) != h_w:
+            return f"maps of {array.shape[-2]}x{array.shape[-1]}, the store's resolution is {h_w[0]}x{h_w[1]}"
+        return None
+
     def _encode(self, video_id: str, frame: int, value: Any) -> np.ndarray:
         num = len(self.label_names)
         where = f"video {video_id!r} frame {frame}"
@@ -404,6 +437,30 @@ class PartMapWriter:
             raise PartMapError(f"{where}: top-k class id outside 0..{num - 1}")
         self._check_size(video_id, frame, ids.shape)
         return np.stack([ids.astype(np.uint8), quantise_topk(probs)])
+
+
+def _check_archive(path: Path, map_problem: Any) -> str | None:
+    """Why the video file ``path`` cannot be trusted, or None (see :meth:`PartMapWriter.check_video`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays: dict[str, np.ndarray] = {}
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    arrays[info.filename] = np.lib.format.read_array(member, allow_pickle=False)
+                    member.read()  # to the end: zipfile compares the CRC-32 there
+    except _READ_ERRORS as exc:
+        return f"damaged or not a part-map file ({type(exc).__name__}: {exc})"
+    frames = arrays.get(_FRAME_INDICES + ".npy")
+    if frames is None or frames.dtype != np.int64 or frames.ndim != 1 or len(frames) == 0:
+        return f"no valid {_FRAME_INDICES}"
+    for frame in frames:
+        array = arrays.get(_frame_member(int(frame)) + ".npy")
+        if array is None:
+            return f"frame {int(frame)} is listed but has no map"
+        problem = map_problem(array)
+        if problem is not None:
+            return f"frame {int(frame)}: {problem}"
+    return None
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -468,15 +525,26 @@ class PartMapStore(TargetStore):
                 f"part-map store {self.root} has no video {video_id!r} (expected {path}); "
                 "build the cache for this dataset first"
             ) from None
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise PartMapError(f"part-map store {self.root}: cannot read {path}: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self._unreadable(path, exc) from None
+
+    def _unreadable(self, path: Path, exc: BaseException) -> PartMapError:
+        return PartMapError(
+            f"part-map store {self.root}: cannot read {path} ({type(exc).__name__}: {exc}); "
+            f"it is damaged or not a part-map file: make it again (for a teacher cache, rerun `hcframe cache-teacher`)"
+        )
 
     def frame_indices(self, video_id: str) -> np.ndarray:
         """The frame numbers stored for ``video_id`` (ascending int64)."""
         cached = self._frame_cache.get(video_id)
         if cached is None:
             with self._open(video_id) as archive:
-                cached = archive[_FRAME_INDICES]
+                try:
+                    cached = archive[_FRAME_INDICES]
+                except _READ_ERRORS as exc:
+                    raise self._unreadable(self.path_of(video_id), exc) from None
+            if cached.dtype.kind not in "iu" or cached.ndim != 1 or len(cached) == 0:
+                raise self._unreadable(self.path_of(video_id), ValueError(f"{_FRAME_INDICES} is {cached.dtype} {list(cached.shape)}"))
             self._frame_cache[video_id] = cached
             if len(self._frame_cache) > 4096:
                 self._frame_cache.popitem(last=False)
@@ -498,9 +566,12 @@ class PartMapStore(TargetStore):
         frames = self.nearest_stored(video_id, frame_indices)
         with self._open(video_id) as archive:
             decoded: dict[int, np.ndarray] = {}
-            for f in np.unique(frames):
-                decoded[int(f)] = archive[_frame_member(int(f))]
-        return np.stack([decoded[int(f)] for f in frames])
+            try:
+                for f in np.unique(frames):
+                    decoded[int(f)] = archive[_frame_member(int(f))]
+                return np.stack([decoded[int(f)] for f in frames])
+            except _READ_ERRORS as exc:
+                raise self._unreadable(self.path_of(video_id), exc) from None
 
     def read(self, video_id: str, frame_indices: Sequence[int]) -> torch.Tensor:
         """float32 ``[K, T, h, w]`` probabilities (see the module docstring for each kind)."""
