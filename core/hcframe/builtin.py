@@ -1,6 +1,7 @@
 """The core's own components, registered through the ``hcframe`` entry point like any plugin."""
 
 from hcframe.heads import LinearHead, OnlineLinearProbe, SupervisedClassification
+from hcframe.loggers import CsvLogger, JsonlLogger, TensorBoardLogger, WandbLogger
 from hcframe.registry import Registry, hookimpl
 from hcframe.transforms import Normalize
 
@@ -11,3 +12,7 @@ def hcframe_register(registry: Registry) -> None:
     registry.add("task", "supervised", SupervisedClassification)
     registry.add("task", "online_probe", OnlineLinearProbe)
     registry.add("transform", "normalize", Normalize)
+    registry.add("logger", "jsonl", JsonlLogger)
+    registry.add("logger", "csv", CsvLogger)
+    registry.add("logger", "tensorboard", TensorBoardLogger)
+    registry.add("logger", "wandb", WandbLogger)

@@ -11,7 +11,8 @@ two: they see a step before it is logged, and may add to its log line):
   ``train.on_bad_video = "raise"``;
 - :class:`GradientCosineProbe`: asks for the cosine between the tasks' gradients on the shared
   trunk on the steps ``combiner.grad_cosine_every`` names;
-- :class:`MetricWriter`: ``metrics.jsonl`` every ``train.log_every`` steps and
+- :class:`MetricWriter`: every ``train.log_every`` steps a line of numbers to every logger
+  (``metrics.jsonl`` and the recipe's ``[[loggers]]``), images to those that want them, and
   ``metrics_schema.json`` (what every key is) at the start;
 - :class:`ProgressDisplay`: a progress bar on a terminal, log lines otherwise.
 
@@ -20,14 +21,15 @@ A hook reaches everything through ``self.trainer``.
 
 from __future__ import annotations
 
-import json
-from typing import IO, Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from hcframe.components import Hook
+from hcframe.components import Hook, Logger
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import save_checkpoint
 from hcframe.engine.loop import RunFailed
+from hcframe.loggers import JsonlLogger
 from hcframe.metrics import MetricInfo, write_metric_schema
+from hcframe.progress import ProgressClock
 
 __all__ = ["BadVideoAccountant", "Checkpointer", "GradientCosineProbe", "MetricWriter", "ProgressDisplay"]
 
@@ -89,25 +91,41 @@ class GradientCosineProbe(Hook):
 
 
 class MetricWriter(Hook):
-    """``metrics.jsonl``: every ``every`` steps, at the last step and at a clean stop a line with the
-    step, epoch, learning rate, the means since the previous line, this step's own values and
-    ``clips_per_s``;
-    on other steps that have values of their own (gradient cosines), a line with just those. The
-    file is appended to (a resume replays the steps after its checkpoint: readers keep the later
-    line). ``metrics_schema.json`` describes every key; keys that show up undeclared are added.
-    Only the main process writes; every process keeps ``trainer.metrics.latest``."""
+    """The run's numbers, to every logger: ``metrics.jsonl`` (:class:`~hcframe.loggers.JsonlLogger`,
+    always) and the recipe's ``[[loggers]]`` (TensorBoard, W&B, CSV, ...).
 
-    def __init__(self, every: int) -> None:
+    Every ``every`` steps, at the last step and at a clean stop, a line with the step, epoch,
+    learning rate, the means since the previous line, this step's own values and
+    ``clips_per_s``; on other steps that have values of their own (gradient cosines), a line with
+    just those. Each line goes to every logger. On the steps a logger's
+    :meth:`~hcframe.Logger.wants_images` names, the tasks' images (:meth:`hcframe.PretextTask.visualise`,
+    drawn by :func:`hcframe.visualise.label_map_grid`) go to it as ``<task>/part_maps``.
+    ``metrics_schema.json`` describes every key; keys that show up undeclared are added.
+    Only the main process writes (and starts loggers); every process keeps ``trainer.metrics.latest``."""
+
+    def __init__(self, every: int, loggers: Sequence[Logger] = ()) -> None:
         self.every = every
-        self.file: IO[str] | None = None
+        # metrics.jsonl is always written; a [[loggers]] table naming it adds nothing.
+        self.loggers: list[Logger] = [JsonlLogger(), *(lg for lg in loggers if not isinstance(lg, JsonlLogger))]
+        self.started: list[Logger] = []
         self.declared: dict[str, MetricInfo] = {}
+        self.can_draw = False
 
     def before_train(self) -> None:
         trainer = self.trainer
         self.declared = {i.name: i for i in trainer.metric_info()}
-        if trainer.is_main:
-            write_metric_schema(trainer.run_dir, self.declared.values())
-            self.file = open(trainer.run_dir / "metrics.jsonl", "a")
+        if not trainer.is_main:
+            return
+        write_metric_schema(trainer.run_dir, self.declared.values())
+        for logger in self.loggers:
+            logger.start(trainer.run_dir, trainer.step, list(self.declared.values()), trainer.recipe.raw)
+            self.started.append(logger)
+        self.can_draw = trainer.model.can_visualise()
+
+    def before_step(self) -> None:
+        trainer = self.trainer
+        # The step's batch is kept (on the device) only when a logger wants its images.
+        trainer.keep_batch = self.can_draw and any(lg.wants_images(trainer.step + 1) for lg in self.started)
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -115,26 +133,47 @@ class MetricWriter(Hook):
             self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))
         elif trainer.metrics.point:
             self._write({"step": trainer.step, **trainer.metrics.take_point()})
+        if trainer.keep_batch and trainer.last_batch is not None:
+            self._draw(trainer.last_batch)
+            trainer.last_batch, trainer.keep_batch = None, False
+
+    def _draw(self, batch: Mapping[str, Any]) -> None:
+        from hcframe.visualise import label_map_grid
+
+        trainer = self.trainer
+        shown = trainer.model.visualise(dict(batch), trainer.step, trainer.max_steps)
+        images = {f"{task}/part_maps": label_map_grid(maps, title=f"{task}, step {trainer.step}") for task, maps in shown.items()}
+        if images:
+            for logger in self.started:
+                if logger.wants_images(trainer.step):
+                    logger.log_images(trainer.step, images)
 
     def after_train(self) -> None:
         trainer = self.trainer
-        if trainer.status in ("completed", "stopped") and trainer.metrics.window and trainer.metrics.latest_step != trainer.step:
-            self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))  # a stop between log lines
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        try:
+            if trainer.status in ("completed", "stopped") and trainer.metrics.window and trainer.metrics.latest_step != trainer.step:
+                self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))  # a stop between log lines
+        finally:
+            for logger in self.started:  # every logger is closed, also when one of them fails
+                try:
+                    logger.close()
+                except Exception as exc:
+                    trainer.log(f"logger {type(logger).__name__} failed to close: {type(exc).__name__}: {exc}")
+            self.started = []
         trainer.summary["final_metrics"] = {k: v for k, v in trainer.metrics.latest.items() if k != "time"}
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self.file is None:
+        if not self.started:
             return
         undeclared = [k for k in record if k not in self.declared and k not in ("step", "epoch", "time")]
         if undeclared:
             loss_keys = self.trainer.metrics.loss_keys
             self.declared.update({k: MetricInfo(k, "loss" if k in loss_keys else "other") for k in undeclared})
             write_metric_schema(self.trainer.run_dir, self.declared.values())
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        step = record["step"]
+        values = {k: v for k, v in record.items() if k != "step"}
+        for logger in self.started:
+            logger.log_metrics(step, values)
 
 
 class Checkpointer(Hook):
@@ -179,19 +218,21 @@ class Checkpointer(Hook):
 
 class ProgressDisplay(Hook):
     """On the main process: a rich progress bar (``bar=True``, for a terminal) or one log line per
-    logged step, with the epoch, learning rate, the keys declared ``progress=True`` and the
-    throughput."""
+    logged step, with the step, epoch, learning rate, the keys declared ``progress=True``, the
+    throughput and the time left (ETA)."""
 
     def __init__(self, bar: bool) -> None:
         self.use_bar = bar
         self.bar: Any = None
         self.task: Any = None
         self.shown: list[str] = []
+        self.clock = ProgressClock(0)
 
     def before_train(self) -> None:
         trainer = self.trainer
         if not trainer.is_main:
             return
+        self.clock = ProgressClock(trainer.max_steps, done=trainer.step)
         self.shown = [i.name for i in trainer.metric_info() if i.progress]
         if self.use_bar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -225,7 +266,10 @@ class ProgressDisplay(Hook):
             if trainer.step >= trainer.max_steps:  # off the screen before the evaluation's output
                 self.after_train()
         else:
-            trainer.log(f"step {trainer.step} epoch {record['epoch']} lr {record['lr']:.4g} {terms} {speed} clips/s")
+            trainer.log(
+                f"step {trainer.step}/{trainer.max_steps} epoch {record['epoch']} lr {record['lr']:.4g} {terms} "
+                f"{speed} clips/s ETA {self.clock.eta(trainer.step)}"
+            )
 
     def after_train(self) -> None:
         if self.bar is not None:
