@@ -274,5 +274,11 @@ class WandbLogger(Logger):
 
     def close(self) -> None:
         if self.run is not None:
+            import wandb
+
             self.run.finish()
             self.run = None
+            # A fresh W&B service for the next run of this process: one that resumes this run's id
+            # after a failure (a notebook, a test) is otherwise written nowhere (wandb 0.31).
+            if wandb.run is None:
+                wandb.teardown()

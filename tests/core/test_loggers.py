@@ -195,7 +195,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(toy_recipe_file, tmp_path, m
     assert len(files) == 2  # one offline run directory per process, one W&B run id
     assert len({i for f in files for i in run_ids(f)}) == 1
     steps = [row["_step"] for f in files for row in history(f)]
-    assert steps == list(range(1, 11))  # the second process did not send steps 5 and 6 again
+    assert steps == list(range(1, 11)), ([f.parent.name for f in files], [[r["_step"] for r in history(f)] for f in files])  # the second process did not send steps 5 and 6 again
 
 
 # --- missing extras ----------------------------------------------------------------------------------
@@ -212,3 +212,21 @@ def test_a_logger_whose_package_is_missing_is_refused_before_any_work(toy_recipe
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "run").exists()
+
+
+# --- hcframe show on the same run --------------------------------------------------------------------
+def test_show_puts_ground_truth_teacher_and_student_side_by_side(parsing_run, tmp_path):
+    from hcframe_video.synthetic.plugin import show_command
+
+    checkpoint = sorted((parsing_run / "checkpoints").glob("step_*.pt"))[-1]
+    runner = CliRunner()
+    with_student = runner.invoke(show_command, [str(parsing_run / "recipe.toml"), "--out", str(tmp_path / "a.png"), "--clips", "3", "--checkpoint", str(checkpoint)])
+    assert with_student.exit_code == 0, with_student.output
+    assert with_student.output.strip() == f"wrote {tmp_path / 'a.png'} (3 clips)"
+    without = runner.invoke(show_command, [str(parsing_run / "recipe.toml"), "--out", str(tmp_path / "b.png"), "--clips", "3"])
+    assert without.exit_code == 0, without.output
+    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    # Rows of 96-pixel frames: frame, ground truth (the task's teacher here), student; no student without weights.
+    assert a.width == b.width and a.height - b.height == 96 + 4
+    wrong = runner.invoke(show_command, [str(parsing_run), "--out", str(tmp_path / "c.png"), "--checkpoint", str(checkpoint)])
+    assert wrong.exit_code == 2 and "--checkpoint needs a recipe" in wrong.output
