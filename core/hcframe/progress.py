@@ -63,8 +63,9 @@ def _stderr(message: str) -> None:
 class ProgressBar:
     """Progress of ``total`` items. ``terminal``: draw a rich bar (steps done, rate, elapsed time,
     ETA) on stderr; otherwise write ``description: done/total (p %), rate, ETA`` through ``log``
-    at most every ``every_s`` seconds, and a last line with the total time. ``enabled=False``
-    shows nothing. ``terminal=None`` asks whether stderr is a terminal."""
+    every ``every_s`` seconds, and a last line with the total time when there was a line before
+    it (a short loop stays quiet). ``enabled=False`` shows nothing. ``terminal=None`` asks whether
+    stderr is a terminal."""
 
     def __init__(
         self,
@@ -86,6 +87,7 @@ class ProgressBar:
         self.unit = f" {unit}" if unit else ""
         self.clock = ProgressClock(self.total, clock=clock)
         self.done = 0
+        self.lines = 0
         self._last_line = 0.0
         self._bar: Any = None
         self._task: Any = None
@@ -127,6 +129,7 @@ class ProgressBar:
         now = self.clock.elapsed()
         if now - self._last_line >= self.every_s and self.done < self.total:
             self._last_line = now
+            self.lines += 1
             self.log(self.line())
 
     def line(self) -> str:
@@ -140,5 +143,5 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif self.enabled and exc[0] is None:
+        elif self.enabled and exc[0] is None and self.lines:
             self.log(f"{self.description}: {self.done}/{self.total} in {format_duration(self.clock.elapsed())}")

@@ -194,14 +194,13 @@ def cache_teacher(
     skipped: list[str] = []
     failed: list[tuple[str, str]] = []
     total_frames = 0
-    bar = _progress(progress)
+    bar = _progress(progress, len(dataset))
     with bar:
-        task = bar.add_task("cache-teacher", total=len(dataset))
         for i in range(len(dataset)):
             video_id = dataset.video_id(i)
             if writer.has_video(video_id):
                 skipped.append(video_id)
-                bar.advance(task)
+                bar.advance()
                 continue
             path = dataset.video_path(i)
             try:
@@ -215,14 +214,14 @@ def cache_teacher(
                     maps.update(zip(unique, _encode(logits, kind)))
             except (DecodeError, ValueError) as exc:
                 failed.append((video_id, f"{path}: {exc}"))
-                bar.advance(task)
+                bar.advance()
                 continue
             writer.write_video(video_id, maps)
             written.append(video_id)
             total_frames += len(maps)
             if on_video is not None:
                 on_video(video_id)
-            bar.advance(task)
+            bar.advance()
     return CacheReport(root=str(out_dir), written=written, skipped=skipped, failed=failed, frames=total_frames)
 
 
@@ -234,23 +233,7 @@ def _encode(logits: Tensor, kind: str) -> list[np.ndarray]:
     return list(torch.softmax(logits, dim=1).numpy())
 
 
-class _NoProgress:
-    def __enter__(self) -> "_NoProgress":
-        return self
+def _progress(enabled: bool, total: int) -> Any:
+    from hcframe.progress import ProgressBar
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return ProgressBar("cache-teacher", total, enabled=enabled, unit="videos")
