@@ -92,14 +92,14 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def curves_figure(title: str, panels: Sequence[Panel], smoothing: float = 0.0, columns: int = 3) -> Any:
-    """A figure of ``panels`` (up to ``columns`` side by side) sharing the step axis. With
+    """A figure of ``panels`` (up to ``columns`` side by side) over training steps. With
     ``smoothing > 0`` every curve is drawn twice in its colour: raw and faint, then smoothed."""
     if not panels:
         raise ValueError("no panels to draw")
     cols = min(columns, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = _new_figure(9.0 if cols == 1 else 4.2 * cols, 5.2 if rows == 1 else 3.4 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    axes = fig.subplots(rows, cols, squeeze=False)
     fig.suptitle(title)
     for ax, panel in zip(axes.flat, panels):
         scale = 100.0 if panel.percent else 1.0
@@ -117,11 +117,10 @@ def curves_figure(title: str, panels: Sequence[Panel], smoothing: float = 0.0, c
         if panel.log_y:
             ax.set_yscale("log")
         ax.set_title(panel.title)
+        ax.set_xlabel("step")
         ax.set_ylabel(panel.ylabel + (" (%)" if panel.percent else ""))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
     return fig
@@ -143,7 +142,7 @@ def bars_figure(
             raise ValueError(f"series {label!r}: give one mean (and std) per category ({len(categories)})")
     if not any(math.isfinite(m) for _, means, _ in series for m in means):
         raise ValueError("no finite means to draw")
-    fig = _new_figure(max(6.4, 1.2 + 0.55 * len(categories) * len(series)), 5.2)
+    fig = _new_figure(min(14.0, max(6.4, 2.5 + 0.25 * len(categories) * len(series))), 5.2)
     ax = fig.subplots()
     width = 0.8 / len(series)
     for s, (label, means, stds) in enumerate(series):
@@ -160,7 +159,7 @@ def bars_figure(
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     return fig
 
 

@@ -3,6 +3,7 @@ global batch (the test encoder has no batch norm, whose statistics are per proce
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -28,6 +29,8 @@ def _run(args, cwd, nproc):
 
 def test_two_gloo_ranks_equal_one_process(toy_recipe_file, tmp_path):
     recipe = toy_recipe_file(train={"steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 3})
+    with_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    recipe.write_text(recipe.read_text() + '\n[[loggers]]\nname = "csv"\n' + ('\n[[loggers]]\nname = "tensorboard"\n' if with_tensorboard else ""))
     _run(["run", str(recipe), "--output", "one"], tmp_path, nproc=1)
     two = _run(["run", str(recipe), "--output", "two"], tmp_path, nproc=2)
     assert two.stderr.count("completed 6 steps") == 1  # only rank 0 reports
@@ -43,3 +46,8 @@ def test_two_gloo_ranks_equal_one_process(toy_recipe_file, tmp_path):
     assert max(float((init[k] - a["model"][k]).abs().max()) for k in init) > 1e-3
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len([l for l in lines if '"lr"' in l]) == 2
+    # Loggers run on rank 0 only: one CSV row per logged step, one TensorBoard event file.
+    rows = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "3", "6"]
+    if with_tensorboard:
+        assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1

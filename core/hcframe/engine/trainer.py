@@ -3,8 +3,9 @@
 :class:`Trainer` is a :class:`~hcframe.engine.loop.TrainerBase`: :meth:`Trainer.run_step` does one
 optimisation step (its micro-batches' forward and backward passes, then the optimiser), and
 everything around the steps is a hook (:mod:`hcframe.engine.hooks`, the recipe's ``[[hooks]]``,
-the ``hooks`` argument): checkpoints, ``metrics.jsonl``, unreadable videos, the gradient-cosine
-probe, the progress display, and (from :func:`hcframe.run.run_recipe`) the evaluation at the end.
+the ``hooks`` argument): checkpoints, ``metrics.jsonl`` and the recipe's ``[[loggers]]``, unreadable
+videos, the gradient-cosine probe, the progress display, and (from :func:`hcframe.run.run_recipe`)
+the evaluation at the end.
 """
 
 from __future__ import annotations
@@ -105,9 +106,9 @@ class Trainer(TrainerBase):
     attributes: ``recipe``, ``run_dir``, ``checkpoint_dir``, ``log``, ``rank``, ``world``,
     ``is_main``, ``device``, ``model``, ``combiner``, ``optimizer``, ``dataset``, ``epoch``, ``lr``
     (the learning rate of the current step), ``keep_batch`` / ``last_batch`` (a hook that sets
-    ``keep_batch`` before a step finds the step's last batch in ``last_batch`` after it), ``metrics`` (:class:`MetricLog`: ``put`` a value to
-    log it at this step), ``summary``, ``step_bad_videos`` (videos the last step skipped) and
-    ``measure_cosines``.
+    ``keep_batch`` before a step finds the step's last batch in ``last_batch`` after it),
+    ``metrics`` (:class:`MetricLog`: ``put`` a value to log it at this step), ``summary``,
+    ``step_bad_videos`` (videos the last step skipped) and ``measure_cosines``.
     """
 
     def __init__(
