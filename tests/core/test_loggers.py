@@ -230,3 +230,17 @@ def test_show_puts_ground_truth_teacher_and_student_side_by_side(parsing_run, tm
     assert a.width == b.width and a.height - b.height == 96 + 4
     wrong = runner.invoke(show_command, [str(parsing_run), "--out", str(tmp_path / "c.png"), "--checkpoint", str(checkpoint)])
     assert wrong.exit_code == 2 and "--checkpoint needs a recipe" in wrong.output
+
+
+def test_the_integrations_are_imported_only_when_used():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hcframe, hcframe.cli, hcframe.loggers, hcframe.report, hcframe.ablation, hcframe.engine.trainer, hcframe.run;"
+        "from hcframe.registry import get_registry; get_registry();"
+        "print(sorted(m for m in ('tensorboard', 'torch.utils.tensorboard', 'wandb', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -300,6 +300,8 @@ class Trainer(TrainerBase):
             batch = next(self._batches)
             # Seconds the step waited for this batch (decoding, and the transform on the device).
             self.metrics.add("data_wait_s", time.perf_counter() - waited)
+            if self.keep_batch:  # for a logger's images (see MetricWriter): the step's last batch
+                self.last_batch = batch
             last = i == self.accumulate - 1
             # Gradients are synchronised across ranks on the last micro-batch only (PCGrad reduces
             # its own gradients, and its forward must not skip the synchronisation set-up).
@@ -310,8 +312,6 @@ class Trainer(TrainerBase):
             self._backward(total, weighted)
             self._record(total, outputs, clips=batch["views"][0].shape[0] * self.world)
         self._optimiser_step()
-        if self.keep_batch:  # for the images of a logger (see MetricWriter)
-            self.last_batch = batch
         if not math.isfinite(self._last_loss):
             raise RunFailed(f"loss is {self._last_loss} at step {self.step + 1}; lower optim.lr or enable train.clip_grad")
 
