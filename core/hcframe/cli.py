@@ -322,15 +322,18 @@ def export_encoder_command(checkpoint: str, out: str, branch: str, layout: str, 
 # --- report ----------------------------------------------------------------------------------------
 @cli.command("report")
 @click.argument("run_dir", metavar="RUN_DIR")
-@click.option("--out", "out_dir", default=None, metavar="DIR", help="Where the plots and eval.md go (default: RUN_DIR/report).")
-def report_command(run_dir: str, out_dir: str | None) -> None:
-    """PNG plots of a run's losses, learning rate, accuracies, parsing quality, gradient cosines
-    and loss weights over steps, and its evaluation results as Markdown (eval.md)."""
+@click.option("--out", "out_dir", default=None, metavar="DIR", help="Where the figures and eval.md go (default: RUN_DIR/report).")
+@click.option("--smooth", "smoothing", default=0.6, show_default=True, type=float,
+              help="Smoothing of the curves (TensorBoard's, in [0, 1); 0: raw curves only).")
+def report_command(run_dir: str, out_dir: str | None, smoothing: float) -> None:
+    """Figures (PNG and SVG, drawn with matplotlib: pip install 'hcframe[report]') of a run's
+    losses, learning rate, accuracies, parsing quality, gradient cosines, loss weights and
+    throughput over steps, and its evaluation results as Markdown (eval.md)."""
 
     from hcframe.report import ReportError, write_report
 
     try:
-        paths = write_report(run_dir, out_dir)
+        paths = write_report(run_dir, out_dir, smoothing=smoothing)
     except ReportError as exc:
         fail(str(exc), 2)
     for path in paths:
@@ -347,10 +350,16 @@ def report_command(run_dir: str, out_dir: str | None) -> None:
               help="Compare only these results: a full name (linear_probe/<dataset>/concat/top1), a glob, or a bare metric (top1). Repeatable; default: every float eval metric.")
 def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, overrides: tuple[str, ...], metrics: tuple[str, ...]) -> None:
     """Run each RECIPE for every seed (sequentially, resumable: finished runs are skipped) and
-    print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, .png."""
+    print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, and
+    the bar chart as .png and .svg (matplotlib: pip install 'hcframe[report]')."""
 
     from hcframe.ablation import AblationError, ablation_table, parse_seeds, run_ablation, write_ablation_outputs
+    from hcframe.figures import MatplotlibMissing, require_matplotlib
 
+    try:  # the chart is drawn at the end: refuse before the runs, not after them
+        require_matplotlib("hcframe ablation")
+    except MatplotlibMissing as exc:
+        fail(str(exc), 2)
     _registry_or_fail()
     output_dir = Path(output)
     try:

@@ -1,6 +1,6 @@
 """The abstract components hcframe composes into a run.
 
-Seven kinds of things are registered and created by name (see :mod:`hcframe.registry`):
+Eight kinds of things are registered and created by name (see :mod:`hcframe.registry`):
 
 ========== ============================================ =================================
 kind       base class                                   what it is
@@ -12,6 +12,7 @@ head       :class:`Head`                                maps encoder outputs to 
 task       :class:`PretextTask`                         batch + features -> named losses
 teacher    :class:`Teacher`                             frozen frames -> per-pixel part logits
 hook       :class:`Hook`                                code run around the training steps
+logger     :class:`Logger`                              where logged numbers and images go
 ========== ============================================ =================================
 
 They are deliberately small. Research code subclasses them; nothing here reads a recipe.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import attrs
@@ -37,6 +39,8 @@ __all__ = [
     "EncoderOutput",
     "Head",
     "Hook",
+    "LabelMaps",
+    "Logger",
     "PretextTask",
     "StateDictLayout",
     "TaskInput",
@@ -210,6 +214,14 @@ class PretextTask(nn.Module, abc.ABC):
         metrics in a plot of other numbers."""
         return ()
 
+    def visualise(self, inp: TaskInput, max_clips: int = 4) -> "LabelMaps | None":
+        """Per-pixel class maps of a few clips of the batch, to be drawn over their frames (the
+        images of the ``tensorboard`` and ``wandb`` loggers, ``hcframe show``); ``None`` (the
+        default) when the task has nothing to draw. Called without gradients, with the model in
+        eval mode, on the batch of a training step; ``inp.features`` are this task's, as in
+        :meth:`forward`. Must not change the task's state or draw random numbers."""
+        return None
+
     @abc.abstractmethod
     def forward(self, inp: TaskInput) -> TaskOutput: ...
 
@@ -351,3 +363,79 @@ class Hook:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Take back what :meth:`state_dict` returned."""
 
+
+
+@attrs.frozen
+class LabelMaps:
+    """What a task shows of a batch (:meth:`PretextTask.visualise`): frames and, for each source
+    (``"teacher"``, ``"student"``, ...), a class map per frame, drawn side by side over the frames
+    in the palette of :mod:`hcframe.visualise`.
+
+    ``frames``: uint8 ``[N, H, W, 3]`` RGB. ``maps``: source name -> integer ``[N, h, w]`` class
+    ids (``255``: no class here), any resolution (drawn nearest-neighbour at the frame's size).
+    ``label_names``: the class names by id (for the legend). ``captions``: one per frame, or empty.
+    """
+
+    frames: Tensor
+    maps: Mapping[str, Tensor]
+    label_names: Sequence[str]
+    captions: Sequence[str] = ()
+
+
+class Logger(abc.ABC):
+    """Where the numbers a run logs go, besides ``metrics.jsonl``: TensorBoard, Weights & Biases,
+    a CSV file, or a plugin's own. Recipes choose them with ``[[loggers]]`` tables (``name`` and
+    the constructor's arguments).
+
+    Loggers run on the main process only. The trainer calls, in this order::
+
+        logger.start(run_dir, step, metrics, config)   # step: where training (re)starts
+        logger.log_metrics(step, values)                # each metrics.jsonl line, as it is written
+        logger.log_images(step, images)                 # on the steps wants_images says
+        logger.close()                                  # always, also after a failure
+
+    A resumed run restarts at the step of its checkpoint: what a logger holds about later steps
+    (written before the run stopped) must give way to what the resumed run logs, so each step has
+    one value (TensorBoard: ``purge_step``).
+
+    An optional dependency is declared in :attr:`requires` (``(module, extra)``): a recipe naming a
+    logger whose module is not installed is refused before any work, with the ``pip install``
+    line of the extra.
+    """
+
+    #: ``(importable module, hcframe extra that installs it)``, or empty when nothing is needed.
+    requires: ClassVar[tuple[str, str] | tuple[()]] = ()
+    #: Steps between image grids (0: no images).
+    image_every: int = 0
+
+    @classmethod
+    def missing_dependency(cls) -> str | None:
+        """One line saying what to install when :attr:`requires` is not importable, else None."""
+        if not cls.requires:
+            return None
+        import importlib.util
+
+        module, extra = cls.requires
+        if importlib.util.find_spec(module) is None:
+            return f"needs the {module} package, which is not installed; install it with: pip install 'hcframe[{extra}]'"
+        return None
+
+    def start(self, run_dir: Path, step: int, metrics: Sequence[MetricInfo], config: Mapping[str, Any]) -> None:
+        """Open the log. ``step``: optimisation steps already done (0, or the resumed checkpoint's);
+        ``metrics``: the declarations of every key logged; ``config``: the resolved recipe."""
+
+    @abc.abstractmethod
+    def log_metrics(self, step: int, values: Mapping[str, float]) -> None:
+        """One ``metrics.jsonl`` line of ``step``: numbers by key (``epoch``, ``lr``, losses, ...,
+        ``clips_per_s``, ``time``), in the order the line has them."""
+
+    def wants_images(self, step: int) -> bool:
+        """Whether :meth:`log_images` should get the images of ``step`` (every
+        :attr:`image_every` steps)."""
+        return self.image_every > 0 and step % self.image_every == 0
+
+    def log_images(self, step: int, images: Mapping[str, Any]) -> None:
+        """Images of ``step`` by name: uint8 ``[H, W, 3]`` numpy arrays."""
+
+    def close(self) -> None:
+        """Flush and close; called once, also when training failed."""

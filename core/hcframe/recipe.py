@@ -3,7 +3,8 @@
 A recipe has a few engine tables (``[train]``, ``[optim]``, ``[schedule]``, ``[combiner]``,
 ``[model]``) whose keys are fixed and validated by attrs, ``[[eval]]`` tables
 (:mod:`hcframe.eval_tables`), ``[[hooks]]`` tables (hooks run around the training steps, see
-:class:`hcframe.Hook`), and *component tables*: any table with a
+:class:`hcframe.Hook`), ``[[loggers]]`` tables (where logged numbers go besides ``metrics.jsonl``,
+see :class:`hcframe.Logger`), and *component tables*: any table with a
 ``name`` key builds the registered component of that name, passing the table's other keys to its
 constructor. Those keys are checked against the constructor's signature (unknown keys, missing
 required ones, value types from the annotations). A constructor parameter annotated with a
@@ -151,6 +152,7 @@ class Recipe:
     evaluations: list[dict[str, Any]]
     raw: dict[str, Any]
     hooks: list[ComponentSpec] = attrs.field(factory=list)  # [[hooks]], in order
+    loggers: list[ComponentSpec] = attrs.field(factory=list)  # [[loggers]], in order
 
     def to_toml(self) -> str:
         return dump_toml(self.raw)
@@ -168,7 +170,7 @@ ENGINE_TABLES: dict[str, type] = {
     "schedule": ScheduleSpec,
     "combiner": CombinerSpec,
 }
-TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", "hooks", *ENGINE_TABLES)
+TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", "hooks", "loggers", *ENGINE_TABLES)
 
 
 # --- overrides -----------------------------------------------------------------------------------
@@ -242,6 +244,7 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         raise RecipeError(str(exc)) from None
     evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
     hooks = _parse_hooks(raw.get("hooks", []), registry)
+    loggers = _parse_loggers(raw.get("loggers", []), registry)
 
     resolved: dict[str, Any] = {
         "data": data.to_table(),
@@ -255,6 +258,8 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         resolved["eval"] = evaluations
     if hooks:
         resolved["hooks"] = [h.to_table() for h in hooks]
+    if loggers:
+        resolved["loggers"] = [lg.to_table() for lg in loggers]
     return Recipe(
         source=source,
         data=data,
@@ -265,6 +270,7 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         evaluations=evaluations,
         raw=resolved,
         hooks=hooks,
+        loggers=loggers,
         **engine,
     )
 
@@ -274,6 +280,20 @@ def _parse_hooks(tables: Any, registry: Registry) -> list[ComponentSpec]:
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise RecipeError("hooks: expected [[hooks]] tables, each with name = \"<hook>\" and the hook's arguments")
     return [build_component("hook", table, f"hooks[{i}]", registry) for i, table in enumerate(tables)]
+
+
+def _parse_loggers(tables: Any, registry: Registry) -> list[ComponentSpec]:
+    """``[[loggers]]``: component tables of kind ``logger``. A logger whose optional dependency is
+    not installed is refused here, before any work, with the extra that installs it."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RecipeError("loggers: expected [[loggers]] tables, each with name = \"<logger>\" and the logger's arguments")
+    specs = [build_component("logger", table, f"loggers[{i}]", registry) for i, table in enumerate(tables)]
+    for i, spec in enumerate(specs):
+        check = getattr(registry.get("logger", spec.name).factory, "missing_dependency", None)
+        missing = check() if check is not None else None
+        if missing:
+            raise RecipeError(f"loggers[{i}].name: logger {spec.name!r} {missing}")
+    return specs
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:

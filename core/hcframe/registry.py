@@ -57,7 +57,7 @@ ENV_DISABLE_AUTOLOAD = "HCFRAME_DISABLE_PLUGIN_AUTOLOAD"
 ENV_STRICT = "HCFRAME_STRICT_PLUGINS"
 ENV_PLUGINS = "HCFRAME_PLUGINS"
 
-KINDS = ("dataset", "transform", "encoder", "head", "task", "teacher", "hook")
+KINDS = ("dataset", "transform", "encoder", "head", "task", "teacher", "hook", "logger")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)

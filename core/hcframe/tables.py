@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import attrs
 
-from hcframe.components import BatchTransform, Encoder, Head, Hook, PretextTask, Teacher
+from hcframe.components import BatchTransform, Encoder, Head, Hook, Logger, PretextTask, Teacher
 from hcframe.data import VideoDataset
 from hcframe.registry import Registry, UnknownComponentError, get_registry
 
@@ -52,6 +52,7 @@ KIND_OF_BASE: dict[type, str] = {
     PretextTask: "task",
     Teacher: "teacher",
     Hook: "hook",
+    Logger: "logger",
 }
 
 

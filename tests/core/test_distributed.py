@@ -4,6 +4,7 @@ encoder has no batch norm, whose statistics are per process by design): launched
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -68,11 +69,18 @@ def _assert_same_weights(one: Path, two: Path, recipe: Path) -> None:
 
 def test_two_gloo_ranks_equal_one_process(toy_recipe_file, tmp_path, one_process):
     recipe = toy_recipe_file(train=TRAIN)
+    with_tensorboard = importlib.util.find_spec("tensorboard") is not None
+    recipe.write_text(recipe.read_text() + '\n[[loggers]]\nname = "csv"\n' + ('\n[[loggers]]\nname = "tensorboard"\n' if with_tensorboard else ""))
     two = _run(["run", str(recipe), "--output", "two"], tmp_path, nproc=2)
     assert two.stderr.count("completed 6 steps") == 1  # only rank 0 reports
     _assert_same_weights(one_process(recipe), tmp_path / "two", recipe)
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len([l for l in lines if '"lr"' in l]) == 2
+    # Loggers run on rank 0 only: one CSV row per logged step, one TensorBoard event file.
+    rows = (tmp_path / "two" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["step", "3", "6"]
+    if with_tensorboard:
+        assert len(list((tmp_path / "two" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def _free_port() -> int:

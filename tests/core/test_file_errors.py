@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import hcframe.engine.hooks
+import hcframe.loggers
 import hcframe.files
 import hcframe.run
 from hcframe.cli import cli
@@ -106,7 +106,7 @@ def test_disk_full_while_checkpointing_is_one_line_and_the_summary_says_why(toy_
 
 def test_the_summary_write_failing_too_does_not_hide_the_first_error(toy_recipe_file, tmp_path, monkeypatch):
     recipe = toy_recipe_file(train={"steps": 4, "batch_size": 8, "log_every": 1})
-    _full_disk_for(monkeypatch, hcframe.engine.hooks, "metrics.jsonl", room=300)  # a line or two fit
+    _full_disk_for(monkeypatch, hcframe.loggers, "metrics.jsonl", room=300)  # a line or two fit
 
     def summary_fails(path, payload, **kwargs):
         raise FileWriteError(path, "no space left on device (0 bytes free)", errno.ENOSPC)

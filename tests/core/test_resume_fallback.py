@@ -16,7 +16,7 @@ from click.testing import CliRunner
 import hcframe
 from hcframe.cli import cli
 from hcframe.engine.checkpoint import load_checkpoint
-from hcframe.engine.hooks import cut_metric_log
+from hcframe.loggers import cut_metric_log
 from hcframe.engine.trainer import Trainer
 from hcframe_testkit import CrashAfterMicroBatches, Crashed
 

@@ -11,7 +11,8 @@ two: they see a step before it is logged, and may add to its log line):
   ``train.on_bad_video = "raise"``;
 - :class:`GradientCosineProbe`: asks for the cosine between the tasks' gradients on the shared
   trunk on the steps ``combiner.grad_cosine_every`` names;
-- :class:`MetricWriter`: ``metrics.jsonl`` every ``train.log_every`` steps and
+- :class:`MetricWriter`: every ``train.log_every`` steps a line of numbers to every logger
+  (``metrics.jsonl`` and the recipe's ``[[loggers]]``), images to those that want them, and
   ``metrics_schema.json`` (what every key is) at the start;
 - :class:`ProgressDisplay`: a progress bar on a terminal, log lines otherwise.
 
@@ -20,18 +21,17 @@ A hook reaches everything through ``self.trainer``.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import Any, Mapping, Sequence
 
-from hcframe.components import Hook
+from hcframe.components import Hook, Logger
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import save_checkpoint
 from hcframe.engine.loop import RunFailed
-from hcframe.files import write_text_atomic, writing
+from hcframe.loggers import JsonlLogger
 from hcframe.metrics import MetricInfo, write_metric_schema
+from hcframe.progress import ProgressClock
 
-__all__ = ["BadVideoAccountant", "Checkpointer", "GradientCosineProbe", "MetricWriter", "ProgressDisplay", "cut_metric_log"]
+__all__ = ["BadVideoAccountant", "Checkpointer", "GradientCosineProbe", "MetricWriter", "ProgressDisplay"]
 
 
 class BadVideoAccountant(Hook):
@@ -90,54 +90,44 @@ class GradientCosineProbe(Hook):
         trainer.measure_cosines = trainer.combiner.cosine_due(trainer.step + 1)
 
 
-def cut_metric_log(path: Path, step: int, log: Callable[[str], None] = lambda m: None) -> int:
-    """Keep the lines of ``metrics.jsonl`` at ``path`` up to ``step`` (where a run continues from)
-    and drop the rest, with a torn last line; returns how many lines were dropped. The file is
-    rewritten atomically, and only when something is dropped."""
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    kept = []
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line a killed run left half-written
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-            kept.append(line)
-    dropped = len(lines) - len(kept)
-    if dropped:
-        write_text_atomic(path, "".join(f"{line}\n" for line in kept))
-        log(f"{path}: dropped {dropped} lines after step {step} (those steps are logged again)")
-    return dropped
-
-
 class MetricWriter(Hook):
-    """``metrics.jsonl``: every ``every`` steps, at the last step and at a clean stop a line with the
-    step, epoch, learning rate, the means since the previous line, this step's own values and
-    ``clips_per_s``;
-    on other steps that have values of their own (gradient cosines), a line with just those. At
-    the start the file is cut back to the step training continues from (0 for a new run, the
-    checkpoint's step for a resume: the steps after it are run, and logged, again), so every step
-    appears once. ``metrics_schema.json`` describes every key; keys that show up undeclared are
-    added. Only the main process writes; every process keeps ``trainer.metrics.latest``."""
+    """The run's numbers, to every logger: ``metrics.jsonl`` (:class:`~hcframe.loggers.JsonlLogger`,
+    always) and the recipe's ``[[loggers]]`` (TensorBoard, W&B, CSV, ...).
 
-    def __init__(self, every: int) -> None:
+    Every ``every`` steps, at the last step and at a clean stop, a line with the step, epoch,
+    learning rate, the means since the previous line, this step's own values and
+    ``clips_per_s``; on other steps that have values of their own (gradient cosines), a line with
+    just those. Each line goes to every logger. On the steps a logger's
+    :meth:`~hcframe.Logger.wants_images` names, the tasks' images (:meth:`hcframe.PretextTask.visualise`,
+    drawn by :func:`hcframe.visualise.label_map_grid`) go to it as ``<task>/part_maps``.
+    ``metrics_schema.json`` describes every key; keys that show up undeclared are added.
+    Only the main process writes (and starts loggers); every process keeps ``trainer.metrics.latest``."""
+
+    def __init__(self, every: int, loggers: Sequence[Logger] = ()) -> None:
         self.every = every
-        self.file: IO[str] | None = None
-        self.path: Path | None = None
+        # metrics.jsonl is always written; a [[loggers]] table naming it adds nothing.
+        self.jsonl = JsonlLogger()
+        self.loggers: list[Logger] = [self.jsonl, *(lg for lg in loggers if not isinstance(lg, JsonlLogger))]
+        self.started: list[Logger] = []
         self.declared: dict[str, MetricInfo] = {}
+        self.can_draw = False
 
     def before_train(self) -> None:
         trainer = self.trainer
         self.declared = {i.name: i for i in trainer.metric_info()}
-        if trainer.is_main:
-            write_metric_schema(trainer.run_dir, self.declared.values())
-            self.path = trainer.run_dir / "metrics.jsonl"
-            cut_metric_log(self.path, trainer.step, trainer.log)
-            with writing(self.path):
-                self.file = open(self.path, "a")
+        if not trainer.is_main:
+            return
+        write_metric_schema(trainer.run_dir, self.declared.values())
+        self.jsonl.log = trainer.log  # the always-on metrics.jsonl reports its cut on a resume
+        for logger in self.loggers:
+            logger.start(trainer.run_dir, trainer.step, list(self.declared.values()), trainer.recipe.raw)
+            self.started.append(logger)
+        self.can_draw = trainer.model.can_visualise()
+
+    def before_step(self) -> None:
+        trainer = self.trainer
+        # The step's batch is kept (on the device) only when a logger wants its images.
+        trainer.keep_batch = self.can_draw and any(lg.wants_images(trainer.step + 1) for lg in self.started)
 
     def after_step(self) -> None:
         trainer = self.trainer
@@ -145,6 +135,20 @@ class MetricWriter(Hook):
             self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))
         elif trainer.metrics.point:
             self._write({"step": trainer.step, **trainer.metrics.take_point()})
+        if trainer.keep_batch and trainer.last_batch is not None:
+            self._draw(trainer.last_batch)
+            trainer.last_batch, trainer.keep_batch = None, False
+
+    def _draw(self, batch: Mapping[str, Any]) -> None:
+        from hcframe.visualise import label_map_grid
+
+        trainer = self.trainer
+        shown = trainer.model.visualise(dict(batch), trainer.step, trainer.max_steps)
+        images = {f"{task}/part_maps": label_map_grid(maps, title=f"{task}, step {trainer.step}") for task, maps in shown.items()}
+        if images:
+            for logger in self.started:
+                if logger.wants_images(trainer.step):
+                    logger.log_images(trainer.step, images)
 
     def after_train(self) -> None:
         trainer = self.trainer
@@ -152,26 +156,26 @@ class MetricWriter(Hook):
             if trainer.status in ("completed", "stopped") and trainer.metrics.window and trainer.metrics.latest_step != trainer.step:
                 self._write(trainer.metrics.flush(trainer.step, trainer.epoch, trainer.lr))  # a stop between log lines
         finally:
-            if self.file is not None:
-                file, self.file = self.file, None
+            for logger in self.started:  # every logger is closed, also when one of them fails
                 try:
-                    file.close()
-                except OSError:  # a write that failed, and was reported, left data in its buffer
-                    pass
-            trainer.summary["final_metrics"] = {k: v for k, v in trainer.metrics.latest.items() if k != "time"}
+                    logger.close()
+                except Exception as exc:
+                    trainer.log(f"logger {type(logger).__name__} failed to close: {type(exc).__name__}: {exc}")
+            self.started = []
+        trainer.summary["final_metrics"] = {k: v for k, v in trainer.metrics.latest.items() if k != "time"}
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self.file is None:
+        if not self.started:
             return
         undeclared = [k for k in record if k not in self.declared and k not in ("step", "epoch", "time")]
         if undeclared:
             loss_keys = self.trainer.metrics.loss_keys
             self.declared.update({k: MetricInfo(k, "loss" if k in loss_keys else "other") for k in undeclared})
             write_metric_schema(self.trainer.run_dir, self.declared.values())
-        assert self.path is not None
-        with writing(self.path):  # "No space left on device" without a path otherwise
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+        step = record["step"]
+        values = {k: v for k, v in record.items() if k != "step"}
+        for logger in self.started:
+            logger.log_metrics(step, values)
 
 
 class Checkpointer(Hook):
@@ -216,19 +220,21 @@ class Checkpointer(Hook):
 
 class ProgressDisplay(Hook):
     """On the main process: a rich progress bar (``bar=True``, for a terminal) or one log line per
-    logged step, with the epoch, learning rate, the keys declared ``progress=True`` and the
-    throughput."""
+    logged step, with the step, epoch, learning rate, the keys declared ``progress=True``, the
+    throughput and the time left (ETA)."""
 
     def __init__(self, bar: bool) -> None:
         self.use_bar = bar
         self.bar: Any = None
         self.task: Any = None
         self.shown: list[str] = []
+        self.clock = ProgressClock(0)
 
     def before_train(self) -> None:
         trainer = self.trainer
         if not trainer.is_main:
             return
+        self.clock = ProgressClock(trainer.max_steps, done=trainer.step)
         self.shown = [i.name for i in trainer.metric_info() if i.progress]
         if self.use_bar:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -262,7 +268,10 @@ class ProgressDisplay(Hook):
             if trainer.step >= trainer.max_steps:  # off the screen before the evaluation's output
                 self.after_train()
         else:
-            trainer.log(f"step {trainer.step} epoch {record['epoch']} lr {record['lr']:.4g} {terms} {speed} clips/s")
+            trainer.log(
+                f"step {trainer.step}/{trainer.max_steps} epoch {record['epoch']} lr {record['lr']:.4g} {terms} "
+                f"{speed} clips/s ETA {self.clock.eta(trainer.step)}"
+            )
 
     def after_train(self) -> None:
         if self.bar is not None:

@@ -3,8 +3,9 @@
 :class:`Trainer` is a :class:`~hcframe.engine.loop.TrainerBase`: :meth:`Trainer.run_step` does one
 optimisation step (its micro-batches' forward and backward passes, then the optimiser), and
 everything around the steps is a hook (:mod:`hcframe.engine.hooks`, the recipe's ``[[hooks]]``,
-the ``hooks`` argument): checkpoints, ``metrics.jsonl``, unreadable videos, the gradient-cosine
-probe, the progress display, and (from :func:`hcframe.run.run_recipe`) the evaluation at the end.
+the ``hooks`` argument): checkpoints, ``metrics.jsonl`` and the recipe's ``[[loggers]]``, unreadable
+videos, the gradient-cosine probe, the progress display, and (from :func:`hcframe.run.run_recipe`)
+the evaluation at the end.
 """
 
 from __future__ import annotations
@@ -113,9 +114,10 @@ class Trainer(TrainerBase):
     :meth:`build_hooks`). What hooks find here, besides :class:`~hcframe.engine.loop.TrainerBase`'s
     attributes: ``recipe``, ``run_dir``, ``checkpoint_dir``, ``log``, ``rank``, ``world``,
     ``is_main``, ``device``, ``model``, ``combiner``, ``optimizer``, ``dataset``, ``epoch``, ``lr``
-    (the learning rate of the current step), ``metrics`` (:class:`MetricLog`: ``put`` a value to
-    log it at this step), ``summary``, ``step_bad_videos`` (videos the last step skipped) and
-    ``measure_cosines``.
+    (the learning rate of the current step), ``keep_batch`` / ``last_batch`` (a hook that sets
+    ``keep_batch`` before a step finds the step's last batch in ``last_batch`` after it),
+    ``metrics`` (:class:`MetricLog`: ``put`` a value to log it at this step), ``summary``,
+    ``step_bad_videos`` (videos the last step skipped) and ``measure_cosines``.
     """
 
     def __init__(
@@ -147,6 +149,8 @@ class Trainer(TrainerBase):
         self.lr = 0.0
         self.measure_cosines = False
         self.step_bad_videos: list[BadVideo] = []
+        self.keep_batch = False  # set by a hook: keep this step's last batch in last_batch
+        self.last_batch: dict[str, Any] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -247,7 +251,8 @@ class Trainer(TrainerBase):
             BadVideoAccountant(t.on_bad_video, t.max_bad_fraction),
             GradientCosineProbe(),
         ]
-        last: list[Hook] = [MetricWriter(t.log_every), ProgressDisplay(bar=self.show_progress)]
+        loggers = [spec.build(self.registry) for spec in self.recipe.loggers]
+        last: list[Hook] = [MetricWriter(t.log_every, loggers), ProgressDisplay(bar=self.show_progress)]
         return first + [spec.build(self.registry) for spec in self.recipe.hooks] + self.extra_hooks + last
 
     def metric_info(self) -> list[MetricInfo]:
@@ -256,6 +261,7 @@ class Trainer(TrainerBase):
             MetricInfo("loss", "loss", progress=True),
             MetricInfo("lr", "other", plot="learning_rate"),
             MetricInfo("clips_per_s", "other", plot="throughput"),
+            MetricInfo("data_wait_s", "other", plot="data_wait"),
         ]
         return own + self.model.metric_info() + [i for h in self.hooks for i in h.metric_info()]
 
@@ -299,7 +305,12 @@ class Trainer(TrainerBase):
         tasks' gradients combined by the combiner), then the optimiser."""
         self.lr = set_learning_rate(self.optimizer, self.recipe.optim.lr, self.schedule, self.step, self.max_steps)
         for i in range(self.accumulate):
+            waited = time.perf_counter()
             batch = next(self._batches)
+            # Seconds the step waited for this batch (decoding, and the transform on the device).
+            self.metrics.add("data_wait_s", time.perf_counter() - waited)
+            if self.keep_batch:  # for a logger's images (see MetricWriter): the step's last batch
+                self.last_batch = batch
             last = i == self.accumulate - 1
             # Gradients are synchronised across ranks on the last micro-batch only (PCGrad reduces
             # its own gradients, and its forward must not skip the synchronisation set-up).

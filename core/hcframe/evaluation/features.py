@@ -29,6 +29,7 @@ from hcframe.data import BAD, collate
 from hcframe.files import check_digest, record_digest, save_torch_atomic
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.precision import autocast
+from hcframe.progress import ProgressBar
 
 __all__ = [
     "FeatureSet",
@@ -109,22 +110,28 @@ def device_views(batch: dict[str, Any], transform: nn.Module, device: torch.devi
 class TestViews:
     """Iterate ``(views, batch)`` over the readable videos of ``dataset``: ``views`` is the list of
     deterministic (``train=False``) device views. Unreadable videos are logged once each and counted
-    in ``num_bad``; batches with no readable video are skipped."""
+    in ``num_bad``; batches with no readable video are skipped. Progress with the time left is shown
+    as ``description`` (a bar with ``progress=True``, for a terminal; else a log line now and then,
+    see :class:`hcframe.progress.ProgressBar`)."""
 
     def __init__(self, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                 num_workers: int, log: Callable[[str], None]) -> None:
+                 num_workers: int, log: Callable[[str], None], progress: bool = False, description: str = "") -> None:
         self.dataset, self.transform, self.device, self.log = dataset, transform, device, log
         self.loader = make_loader(dataset, batch_size, num_workers)
         self.num_bad = 0
+        self.progress = progress
+        self.description = description or f"{type(dataset).__name__}: {len(dataset)} videos"
 
     def __iter__(self) -> Iterator[tuple[list[Tensor], dict[str, Any]]]:
-        for batch in self.loader:
-            bad = batch.pop(BAD)
-            for b in bad:
-                self.log(f"skipping unreadable video {b.path}: {b.reason}")
-            self.num_bad += len(bad)
-            if "views" in batch:
-                yield device_views(batch, self.transform, self.device, train=False), batch
+        with ProgressBar(self.description, len(self.loader), terminal=self.progress, log=self.log, unit="batches") as bar:
+            for batch in self.loader:
+                bar.advance()
+                bad = batch.pop(BAD)
+                for b in bad:
+                    self.log(f"skipping unreadable video {b.path}: {b.reason}")
+                self.num_bad += len(bad)
+                if "views" in batch:
+                    yield device_views(batch, self.transform, self.device, train=False), batch
 
 
 @torch.no_grad()
@@ -139,13 +146,16 @@ def extract_features(
     num_workers: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> FeatureSet:
     """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``.
 
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
-    Videos that cannot be read are skipped and counted (each is logged once).
+    Videos that cannot be read are skipped and counted (each is logged once). ``progress``: a
+    progress bar (for a terminal); otherwise progress lines go to ``log`` when it takes a while.
     """
-    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
+                         progress=progress, description=f"features ({branch}) of {len(dataset)} videos")
     features: list[Tensor] = []
     labels: list[Tensor] = []
     ids: list[str] = []
@@ -178,6 +188,7 @@ def load_or_extract_features(
     precision: str = "auto",
     registry: Any = None,
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> tuple[FeatureSet, Path, bool]:
     """Features of the dataset ``dataset_spec`` (a ComponentSpec), from the cache when present.
 
@@ -207,7 +218,7 @@ def load_or_extract_features(
     dataset.num_views = 1
     log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
-                          num_workers=num_workers, precision=precision, log=log)
+                          num_workers=num_workers, precision=precision, log=log, progress=progress)
     save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
                        "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)
     record_digest(path)  # a file that does not match it later is extracted again

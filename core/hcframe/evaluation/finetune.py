@@ -18,6 +18,7 @@ from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.sampler import EpochSampler
 from hcframe.engine.precision import autocast, grad_scaler
+from hcframe.progress import ProgressBar
 from hcframe.evaluation.features import TestViews, device_views, make_loader
 from hcframe.evaluation.metrics import multiview_metrics
 from hcframe.eval_tables import FinetuneOptions
@@ -76,11 +77,12 @@ class FinetuneClassifier(nn.Module):
 
 @torch.no_grad()
 def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                num_workers: int, precision: str, log: Callable[[str], None]) -> tuple[Tensor, Tensor, int]:
+                num_workers: int, precision: str, log: Callable[[str], None], progress: bool = False) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, V, C]`` of every view of every readable video, their labels ``[N]``, and the
     number of unreadable videos skipped."""
     net.eval()
-    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
+                         progress=progress, description=f"finetune: testing {len(dataset)} videos")
     scores, labels = [], []
     for views, batch in readable:
         with autocast(device, precision):
@@ -106,6 +108,7 @@ def finetune_metrics(
     seed: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> dict[str, float | int]:
     """Fine-tune a copy of ``model``'s encoder path on ``train_dataset`` and test it multi-view.
 
@@ -142,34 +145,36 @@ def finetune_metrics(
     )
     scaler = grad_scaler(device, precision)
     step, epoch_loss, bad_count = 0, float("nan"), 0
-    for epoch in range(options.epochs):
-        sampler.set_position(epoch, 0)
-        net.train()
-        losses = []
-        for batch in loader:
-            bad = batch.pop(BAD)
-            for b in bad:
-                log(f"skipping unreadable video {b.path}: {b.reason}")
-            bad_count += len(bad)
-            if "views" not in batch:
-                continue
-            set_learning_rate(optimizer, lr, schedule, step, max_steps)
-            views = device_views(batch, train_transform, device, train=True)
-            clips = torch.cat(views, dim=0)
-            labels = batch["label"].view(-1).long().to(device).repeat(len(views))
-            with autocast(device, precision):
-                logits = net(clips)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            losses.append(float(loss.detach()))
-        epoch_loss = sum(losses) / max(len(losses), 1)
-        log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
+    with ProgressBar("finetune: training", max_steps, terminal=progress, log=log, unit="steps") as bar:
+        for epoch in range(options.epochs):
+            sampler.set_position(epoch, 0)
+            net.train()
+            losses = []
+            for batch in loader:
+                bad = batch.pop(BAD)
+                for b in bad:
+                    log(f"skipping unreadable video {b.path}: {b.reason}")
+                bad_count += len(bad)
+                if "views" not in batch:
+                    continue
+                set_learning_rate(optimizer, lr, schedule, step, max_steps)
+                views = device_views(batch, train_transform, device, train=True)
+                clips = torch.cat(views, dim=0)
+                labels = batch["label"].view(-1).long().to(device).repeat(len(views))
+                with autocast(device, precision):
+                    logits = net(clips)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                bar.advance()
+                losses.append(float(loss.detach()))
+            epoch_loss = sum(losses) / max(len(losses), 1)
+            log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
     scores, labels, test_bad = view_logits(net, test_dataset, test_transform, device, batch_size=batch_size,
-                                           num_workers=num_workers, precision=precision, log=log)
+                                           num_workers=num_workers, precision=precision, log=log, progress=progress)
     return {
         **multiview_metrics(scores, labels),
         "train_loss": epoch_loss,

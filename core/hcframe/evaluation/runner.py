@@ -42,8 +42,10 @@ def _stderr(message: str) -> None:
 class _Context:
     """What every evaluation of one call shares: model, device, registry, caches."""
 
-    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log) -> None:
+    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log,
+                 progress: bool = False) -> None:
         self.recipe, self.model, self.device, self.registry, self.log = recipe, model, device, registry, log
+        self.progress = progress  # progress bars (a terminal), else progress lines through log
         self.cache_dir = run_dir / "features"
         self.precision = recipe.train.precision
         self._fingerprints: dict[str, str] = {}
@@ -62,7 +64,7 @@ class _Context:
         fs, _, _ = load_or_extract_features(
             self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
             fingerprint=self.fingerprint(spec.branch), batch_size=spec.batch_size, num_workers=spec.num_workers,
-            precision=self.precision, registry=self.registry, log=self.log,
+            precision=self.precision, registry=self.registry, log=self.log, progress=self.progress,
         )
         return fs
 
@@ -102,6 +104,7 @@ def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: Compone
     return finetune_metrics(
         ctx.model, spec.branch, train_ds, test_ds, spec.options, train_transform, test_transform, ctx.device,
         batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, precision=ctx.precision, log=ctx.log,
+        progress=ctx.progress,
     )
 
 
@@ -132,7 +135,8 @@ def run_evaluations(
     restored); features are cached under ``run_dir/features``. Each evaluation runs inside
     :func:`torch.random.fork_rng` seeded with its ``seed``: results do not depend on what ran
     before, and the caller's random state is untouched. Runs on the main process only (other
-    ranks return ``{}``). ``progress`` is accepted for the CLI; progress goes to ``log``."""
+    ranks return ``{}``). ``progress``: progress bars with the time left (for a terminal); without,
+    loops that take a while write progress lines to ``log``."""
     if not hd.is_main_process():
         return {}
     registry = registry or get_registry()
@@ -141,7 +145,7 @@ def run_evaluations(
 
         device = choose_device(recipe.train.device)
     specs = build_eval_specs(recipe.evaluations, registry, list(recipe.tasks))
-    ctx = _Context(recipe, model, Path(run_dir), device, registry, log)
+    ctx = _Context(recipe, model, Path(run_dir), device, registry, log, progress)
     results: dict[str, dict[str, Any]] = {}
     was_training = model.training
     model.eval()

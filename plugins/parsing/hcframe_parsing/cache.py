@@ -562,9 +562,9 @@ def cache_teacher(
     total_frames = 0
     batcher = FrameBatcher(teacher, batch_size, size, dev, encoder_for(kind, k))
     open_videos: dict[str, _VideoOutputs] = {}
-    bar = _progress(progress and team.rank == 0)
+    bar = _progress(progress and team.rank == 0, len(mine))
 
-    def settle(task: Any) -> None:
+    def settle() -> None:
         """Write (or report) every video whose frames are all back."""
         nonlocal total_frames
         for video_id in [v for v, out in open_videos.items() if out.decoded and out.pending == 0]:
@@ -577,7 +577,7 @@ def cache_teacher(
                 total_frames += len(out.maps)
                 if on_video is not None:
                     on_video(video_id)
-            bar.advance(task)
+            bar.advance()
 
     def deliver(results: list[tuple[FrameKey, Any]]) -> None:
         for (video_id, frame), value in results:
@@ -587,8 +587,7 @@ def cache_teacher(
                 out.maps[frame] = value
 
     with bar:
-        task = bar.add_task("cache-teacher", total=len(mine))
-        bar.advance(task, len(skipped))
+        bar.advance(len(skipped))
         for chunk in frame_chunks(dataset, todo, every_k, chunk_frames, workers):
             out = open_videos.setdefault(chunk.video_id, _VideoOutputs())
             if chunk.error is not None:
@@ -598,9 +597,9 @@ def cache_teacher(
                 out.pending += len(chunk.frames)
                 deliver(batcher.add(chunk.video_id, chunk.frames, chunk.pixels))
             out.decoded = out.decoded or chunk.last
-            settle(task)
+            settle()
         deliver(batcher.flush())
-        settle(task)
+        settle()
     assert not open_videos, f"videos left unfinished: {sorted(open_videos)}"
 
     parts = team.gather((written, skipped, failed, total_frames))
@@ -638,23 +637,7 @@ def _write_manifest(root: Path, dataset: hcframe.VideoDataset, writer: PartMapWr
     os.replace(tmp, root / "manifest.json")
 
 
-class _NoProgress:
-    def __enter__(self) -> "_NoProgress":
-        return self
+def _progress(enabled: bool, total: int) -> Any:
+    from hcframe.progress import ProgressBar
 
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return ProgressBar("cache-teacher", total, enabled=enabled, unit="videos")

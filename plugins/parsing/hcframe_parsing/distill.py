@@ -255,6 +255,34 @@ class ParsingDistillation(hcframe.PretextTask):
             hcframe.MetricInfo("valid_fraction", "fraction"),
         ]
 
+    # --- images --------------------------------------------------------------------------------
+    def visualise(self, inp: TaskInput, max_clips: int = 4) -> hcframe.LabelMaps:
+        """The middle frame of the first ``max_clips`` clips, the teacher's part labels (argmax of
+        the targets: the ground truth, the cache, or the teacher run now) and the student's (argmax
+        of the head's logits at the feature cell covering that frame)."""
+        assert self.head is not None
+        batch = inp.batch
+        clips = batch["views"][0][:max_clips].float()
+        b, _, t, h, w = clips.shape
+        mid = t // 2
+        mean = torch.as_tensor(batch["pixel_mean"], device=clips.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.as_tensor(batch["pixel_std"], device=clips.device, dtype=torch.float32).view(1, 3, 1, 1)
+        frames = ((clips[:, :, mid] * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        parts = batch.get("parts")
+        targets = parts[0][:b].float() if parts is not None else self.online_targets(dict(batch))[0][:b]
+        teacher = targets[:, :, mid]  # [B, K, h, w]
+        teacher_labels = teacher.argmax(dim=1).to(torch.uint8)
+        teacher_labels[teacher.sum(dim=1) < 0.5] = 255  # no target here (outside a crop, unknown)
+        logits = self.head(inp.features[0].feature_map[:b])  # [B, K, t', h', w']
+        cell = min(mid * logits.shape[2] // t, logits.shape[2] - 1)
+        student_labels = logits[:, :, cell].argmax(dim=1).to(torch.uint8)
+        source = "ground truth" if self.is_ground_truth else ("teacher (cached)" if self.cache else "teacher")
+        return hcframe.LabelMaps(
+            frames=frames.cpu(),
+            maps={source: teacher_labels.cpu(), "student": student_labels.cpu()},
+            label_names=tuple(self.teacher.label_names),
+        )
+
     # --- the step --------------------------------------------------------------------------------
     def forward(self, inp: TaskInput) -> TaskOutput:
         if self.head is None:
