@@ -415,7 +415,7 @@ class PartMapWriter:
 
     Arguments:
         root: the store folder (created if needed).
-        kind: ``"labels"``, ``"topk"`` or ``"logits"`` (see the module docstring).
+        kind: a kind of :data:`CODECS`: ``"labels"``, ``"topk"`` or ``"logits"`` (see the module docstring).
         label_names: the K class names (at most 255 for labels/topk, since 255 means unknown).
         identity: JSON-serialisable dict naming the producer and everything the maps depend on.
         k: classes kept per pixel, required for ``topk`` (1 <= k <= K).
