@@ -54,7 +54,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import attrs
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import hcframe
