@@ -30,7 +30,7 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from hcframe.data import ClipShape
+from hcframe.data import ClipShape, TargetStore
 from hcframe.metrics import MetricInfo
 
 __all__ = [
@@ -274,13 +274,44 @@ class BatchTransform(nn.Module, abc.ABC):
 class Teacher(nn.Module, abc.ABC):
     """A frozen per-frame model whose outputs a student learns to predict.
 
-    ``forward`` takes RGB frames ``[N, 3, H, W]`` in ``[0, 1]`` at any size and returns logits
-    ``[N, K, h, w]``; the teacher resizes and normalises to its own input conventions.
-    :meth:`identity` names everything its outputs depend on, so a cache of its outputs can be keyed
-    and checked.
+    What tasks and ``cache-teacher`` rely on (declared here, never found out by type checks):
+
+    ``label_names``
+        The ``K`` class names, index order.
+    :meth:`identity`
+        Everything the outputs depend on (architecture, weights hash, input size, labels,
+        precision), so a cache of the outputs can be keyed and a stale one refused.
+    ``forward(frames, output_size=None)``
+        RGB frames ``[N, 3, H, W]`` in ``[0, 1]``, any size -> float logits ``[N, K, h, w]`` on the
+        grid ``output_size = (h, w)`` laid over the whole frame (``None``: the frames' own size).
+        Every teacher takes ``output_size``: it resizes and normalises the frames to its own input
+        conventions and maps its logits back onto the asked grid itself. Callers run it without
+        gradients.
+    Features (optional)
+        A teacher that can also give intermediate features (for feature-level distillation) sets
+        :attr:`feature_dim` and implements :meth:`forward_with_features`. ``feature_dim = None``
+        (the default) means it has none.
+    Stored targets (optional)
+        A teacher whose targets are not computed from pixels (ground truth read from disk) sets
+        :attr:`online` to ``False`` and returns the dataset's store from :meth:`target_store`;
+        its ``forward`` is then never run. Online teachers keep the defaults (``online = True``,
+        no store).
+
+    A subclass that declares a capability without its method is refused when it is defined.
     """
 
     label_names: tuple[str, ...]
+    #: Channels of the features :meth:`forward_with_features` returns; ``None``: no features.
+    feature_dim: int | None = None
+    #: ``False``: the targets come from :meth:`target_store`, not from running ``forward`` on frames.
+    online: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.feature_dim is not None and cls.forward_with_features is Teacher.forward_with_features:
+            raise TypeError(f"teacher {cls.__name__} sets feature_dim but does not implement forward_with_features")
+        if not cls.online and cls.target_store is Teacher.target_store:
+            raise TypeError(f"teacher {cls.__name__} sets online = False but does not implement target_store")
 
     def __init__(self) -> None:
         super().__init__()
@@ -292,6 +323,23 @@ class Teacher(nn.Module, abc.ABC):
     @abc.abstractmethod
     def identity(self) -> dict[str, Any]:
         """JSON-serialisable description: architecture, checkpoint hash, input size, labels."""
+
+    @abc.abstractmethod
+    def forward(self, frames: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
+        """Logits ``[N, K, *output_size]`` for RGB frames ``[N, 3, H, W]`` in ``[0, 1]``."""
+
+    def forward_with_features(
+        self, frames: Tensor, output_size: Sequence[int] | None = None, feature_size: Sequence[int] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The logits of :meth:`forward` and features ``[N, feature_dim, *feature_size]`` over the
+        whole frame (``feature_size`` ``None``: ``output_size``). Only for teachers that set
+        :attr:`feature_dim`."""
+        raise NotImplementedError(f"teacher {type(self).__name__} exposes no features (feature_dim is None)")
+
+    def target_store(self, dataset: Any) -> TargetStore | None:
+        """The stored targets of ``dataset`` for a teacher that is not run on frames
+        (``online = False``); ``None`` (the default) for teachers that are."""
+        return None
 
     def identity_key(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()

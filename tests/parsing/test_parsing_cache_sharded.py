@@ -226,6 +226,7 @@ def test_cache_teacher_refuses_a_bad_recipe_with_one_line_and_exit_2(tmp_path, t
         "missing.pt": _recipe(tree, parser, tmp_path / "c", teacher='name = "torchscript"\npath = "missing.pt"\nlabel_names = ["a", "b"]\ninput_size = [8, 8]'),
         "video folder root": _recipe(tree / "nowhere", parser, tmp_path / "c"),
         "teacher.input_size": _recipe(tree, parser, tmp_path / "c", teacher='name = "schp"\ncheckpoint = "w.pth"\ninput_size = [0, 64]'),
+        "it needs no cache": _recipe(tree, parser, tmp_path / "c", teacher='name = "synthetic_ground_truth"'),  # online = False
     }
     for needle, text in cases.items():
         recipe.write_text(text)

@@ -12,7 +12,8 @@ both when resuming a build (:func:`cache_teacher`) and when training opens it
 (:func:`open_teacher_cache`, which compares the ``teacher`` part: resolution and frame step are
 properties of the cache the reader adapts to).
 
-Stored values (see the partmaps module for the exact encodings): ``kind="topk"`` keeps the ``k``
+Stored values (each kind is a codec of :mod:`hcframe_video.partmaps`, :data:`~hcframe_video.partmaps.CODECS`,
+which also turns the teacher's logits into what is stored): ``kind="topk"`` keeps the ``k``
 most probable classes per pixel with probabilities renormalised over those ``k`` and quantised to
 1/255 (read-back error < 1/255 against the renormalised top-k); ``"logits"`` stores float16 logits
 (softmax on read); ``"labels"`` stores the argmax.
@@ -44,7 +45,6 @@ holds the expected frame pattern; damaged ones are made again.
 from __future__ import annotations
 
 import datetime
-import inspect
 import json
 import os
 import sys
@@ -56,12 +56,11 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import attrs
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 import hcframe
 from hcframe_video.decode import DecodeError, decode_frames, probe_video
-from hcframe_video.partmaps import KINDS, PartMapError, PartMapStore, PartMapWriter
+from hcframe_video.partmaps import CODECS, PartMapError, PartMapStore, PartMapWriter
 
 __all__ = [
     "CacheReport",
@@ -70,7 +69,6 @@ __all__ = [
     "cache_identity",
     "cache_teacher",
     "cached_frame_indices",
-    "encoder_for",
     "frame_step_mismatch",
     "frame_chunks",
     "identity_differences",
@@ -85,13 +83,6 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def _accepts_output_size(teacher: torch.nn.Module) -> bool:
-    try:
-        return "output_size" in inspect.signature(teacher.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def run_teacher(
     teacher: hcframe.Teacher,
     frames: Tensor,
@@ -104,19 +95,22 @@ def run_teacher(
     Runs without gradients in chunks of ``batch_size`` frames on ``device`` (default: the frames'
     device), in the teacher's own precision: the built-in teachers apply their ``precision``
     option themselves (float32 unless ``"bf16"`` is asked for; see :mod:`hcframe_parsing.precision`),
-    so nothing here lowers it. The output grid is asked of the teacher when its ``forward`` takes
-    ``output_size``; otherwise its logits are bilinearly resized.
+    so nothing here lowers it. The output grid is asked of the teacher (``output_size``, part of
+    the :class:`hcframe.Teacher` contract); logits of another shape are refused.
     """
     device = torch.device(device) if device is not None else frames.device
     size = (int(output_size[0]), int(output_size[1]))
-    pass_size = _accepts_output_size(teacher)
     outs = []
     with torch.no_grad():
         for start in range(0, frames.shape[0], batch_size):
             chunk = frames[start : start + batch_size].to(device, non_blocking=True).float()
-            logits = teacher(chunk, output_size=size) if pass_size else teacher(chunk)
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+            logits = teacher(chunk, output_size=size)
+            expected = (chunk.shape[0], teacher.num_classes, *size)
+            if tuple(logits.shape) != expected:
+                raise ValueError(
+                    f"teacher {type(teacher).__name__} returned logits {list(logits.shape)} for output_size {list(size)}; "
+                    f"a teacher's forward(frames, output_size) must return {list(expected)}"
+                )
             outs.append(logits.float())
     return torch.cat(outs, dim=0)
 
@@ -306,7 +300,7 @@ class FrameBatcher:
     several sizes (videos of many sizes), the fullest queue runs padded.
 
     ``encode(logits [n, K, h, w])`` turns the teacher's outputs (on ``device``) into one stored
-    value per frame; :meth:`add` and :meth:`flush` return ``[(key, value), ...]`` for the frames
+    value per frame (a part-map codec's ``from_logits``); :meth:`add` and :meth:`flush` return ``[(key, value), ...]`` for the frames
     that ran.
     """
 
@@ -371,25 +365,6 @@ class FrameBatcher:
         self.forwards += 1
         values = self.encode(logits[: len(taken)])
         return [(key, value) for (key, _), value in zip(taken, values)]
-
-
-def encoder_for(kind: str, k: int | None) -> Callable[[Tensor], list[Any]]:
-    """``logits [n, K, h, w]`` -> per-frame values :meth:`PartMapWriter.write_video` takes for
-    ``kind``: argmax ``uint8 [h, w]``; ``(class ids uint8 [k, h, w], probabilities float32
-    [k, h, w])`` of the ``k`` most probable classes; float32 logits ``[K, h, w]``. Computed on
-    the logits' device; only what is stored crosses to the CPU."""
-
-    def encode(logits: Tensor) -> list[Any]:
-        if kind == "labels":
-            return list(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
-        if kind == "logits":
-            return list(logits.float().cpu().numpy())
-        assert k is not None
-        probs, ids = torch.softmax(logits.float(), dim=1).topk(k, dim=1)
-        ids, probs = ids.to(torch.uint8).cpu().numpy(), probs.cpu().numpy()
-        return [(ids[i], probs[i]) for i in range(len(ids))]
-
-    return encode
 
 
 # --- building a cache ------------------------------------------------------------------------------
@@ -519,23 +494,21 @@ def cache_teacher(
     and holds the cached frame pattern is skipped; a damaged or incomplete one is computed again,
     with a ``log`` line naming it. A video that cannot be decoded is
     reported in ``failed`` and left out (rerun after fixing it). ``kind``/``k``: see the module
-    docstring (``k`` only for ``"topk"``; it is clipped to the number of classes).
+    docstring (``k`` only for ``"topk"``; it is clipped to the number of classes). A teacher that
+    is not run on frames (``teacher.online`` false: its targets are stored maps) is refused.
     """
     started = time.perf_counter()
+    if not teacher.online:
+        raise ValueError(f"teacher {type(teacher).__name__} is not run on frames (its targets are stored maps): there is nothing to cache")
     if every_k < 1:
         raise ValueError(f"every_k must be >= 1, got {every_k}")
     if len(resolution) != 2 or min(resolution) < 1:
         raise ValueError(f"resolution must be [height, width] >= 1, got {list(resolution)}")
-    if kind not in KINDS:
-        raise ValueError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind not in CODECS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(CODECS)}")
     if batch_size < 1 or chunk_frames < 1 or workers < 0:
         raise ValueError(f"batch_size and chunk_frames must be >= 1 and workers >= 0, got {batch_size}, {chunk_frames}, {workers}")
-    if kind == "topk":
-        if k is None or k < 1:
-            raise ValueError(f"k must be >= 1 for kind 'topk', got {k}")
-        k = min(int(k), teacher.num_classes)
-    else:
-        k = None
+    k = CODECS[kind].fit_k(k, teacher.num_classes)
     team = _collectives(rank, world_size)
     dev = torch.device(device)
     teacher = teacher.freeze().to(dev)
@@ -560,7 +533,7 @@ def cache_teacher(
     written: list[str] = []
     failed: list[tuple[str, str]] = []
     total_frames = 0
-    batcher = FrameBatcher(teacher, batch_size, size, dev, encoder_for(kind, k))
+    batcher = FrameBatcher(teacher, batch_size, size, dev, writer.codec.from_logits)
     open_videos: dict[str, _VideoOutputs] = {}
     bar = _progress(progress and team.rank == 0, len(mine))
 

@@ -12,6 +12,8 @@ import sys
 
 import click
 
+from hcframe_video.partmaps import CODECS
+
 __all__ = ["cache_teacher_command"]
 
 
@@ -69,7 +71,7 @@ def _device(device: str) -> str:
 @click.option("--every-k", default="1", show_default=True, metavar="K|stride",
               help="Cache frames 0, K, 2K, ... and the last; 'stride': K = the dataset's clip stride.")
 @click.option("--resolution", nargs=2, type=click.IntRange(min=1), default=(64, 64), show_default=True, help="Stored map size H W (whole frame).")
-@click.option("--kind", type=click.Choice(["topk", "logits", "labels"]), default="topk", show_default=True)
+@click.option("--kind", type=click.Choice(list(CODECS)), default="topk", show_default=True, help="What is stored per pixel (a part-map codec).")
 @click.option("--k", "k", default=4, show_default=True, type=click.IntRange(min=1), help="Classes kept per pixel (topk).")
 @click.option("--batch-frames", "--batch-size", "batch_frames", default=32, show_default=True, type=click.IntRange(min=1),
               help="Frames per teacher forward, filled across videos.")
@@ -94,12 +96,11 @@ def cache_teacher_command(recipe_path, task_name, out, every_k, resolution, kind
     out = out or spec.args.get("cache") or ""
     if not out:
         _fail(f"{recipe.source}: tasks.{name}.cache is empty; give --out or set the cache folder in the recipe", 2)
-    teacher_spec = spec.args["teacher"]
-    if getattr(teacher_spec, "name", None) == "synthetic_ground_truth":
-        _fail(f"{recipe.source}: tasks.{name}.teacher is the synthetic ground truth; it needs no cache", 2)
     device = _device(device)
     try:
-        teacher = teacher_spec.build()
+        teacher = spec.args["teacher"].build()
+        if not teacher.online:
+            _fail(f"{recipe.source}: tasks.{name}.teacher reads stored targets (it is not run on frames); it needs no cache", 2)
         dataset = recipe.build_dataset()
     except (ValueError, FileNotFoundError) as exc:  # a bad teacher or dataset setting: nothing ran
         _fail(f"{recipe.source}: {exc}", 2)
