@@ -39,14 +39,16 @@ def cache_teacher_command(recipe_path, task_name, out, every_k, resolution, kind
     """Run a task's teacher over every frame training can sample and store its soft targets."""
     import torch
 
+    from hcframe.cli import Refused
+    from hcframe.config import build_dataset, build_run
     from hcframe.recipe import RecipeError, load_recipe
     from hcframe_parsing.cache import cache_teacher
     from hcframe_video.partmaps import PartMapError
 
     try:
         recipe = load_recipe(recipe_path, overrides=list(overrides))
-    except RecipeError as exc:
-        raise click.ClickException(str(exc)) from None
+    except RecipeError as exc:  # a bad recipe: exit 2, one line, before any work
+        raise Refused(str(exc)) from None
     name, spec = _pick_task(recipe, task_name)
     out = out or spec.args.get("cache") or ""
     if not out:
@@ -57,8 +59,13 @@ def cache_teacher_command(recipe_path, task_name, out, every_k, resolution, kind
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        teacher = teacher_spec.build()
-        dataset = recipe.build_dataset()
+        # Every component checked (the teacher is built once, inside its task); the training data
+        # without the targets this command is about to make.
+        teacher = build_run(recipe, train_data=False).model.tasks[name].teacher
+        dataset = build_dataset(recipe)
+    except RecipeError as exc:
+        raise Refused(str(exc)) from None
+    try:
         report = cache_teacher(
             teacher, dataset, out, every_k=every_k, resolution=tuple(resolution), kind=kind, k=k,
             batch_size=batch_size, device=device, progress=not no_progress,

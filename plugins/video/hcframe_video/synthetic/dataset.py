@@ -8,7 +8,7 @@ from typing import Any
 
 from hcframe.data import ClipShape
 
-from hcframe_video.clips import VideoClipDataset
+from hcframe_video.clips import VideoClipDataset, check_clip_arguments
 from hcframe_video.partmaps import PartMapStore
 from hcframe_video.synthetic.generate import (
     PARTS_DIR,
@@ -99,7 +99,15 @@ class SyntheticHumans(VideoClipDataset):
         )  # fmt: skip
         if spec.count(subset) == 0:
             raise ValueError(f"num_{subset}: the {subset} subset is empty; set num_{subset} >= 1")
+        short = short_side or min(height, width)
+        clip_arguments = dict(
+            clip_len=clip_len, stride=stride, short_side=short, crop_size=crop_size or short, mode=mode,
+            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
+        )  # fmt: skip
+        check_clip_arguments(**clip_arguments)  # before generating: a bad recipe costs no world
         world_root = Path(root).expanduser() if root else default_cache_root() / "synthetic" / spec.key()
+        if world_root.exists() and not world_root.is_dir():
+            raise ValueError(f"root: {world_root} is a file; give a folder for the world (or leave root empty for the cache)")
         if workers == 0:
             workers = max(1, min(4, os.cpu_count() or 1))
         self.world_root = build_world(world_root, spec, workers=workers)
@@ -108,12 +116,7 @@ class SyntheticHumans(VideoClipDataset):
         count = spec.count(subset)
         paths = [video_path(subset, i) for i in range(count)]
         labels = [video_label(subset, i, len(ACTION_NAMES)) for i in range(count)]
-        short = short_side or min(height, width)
-        super().__init__(
-            paths, labels, ACTION_NAMES, str(self.world_root),
-            clip_len=clip_len, stride=stride, short_side=short, crop_size=crop_size or short, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
+        super().__init__(paths, labels, ACTION_NAMES, str(self.world_root), **clip_arguments)
 
     @classmethod
     def clip_shape(cls, **args: Any) -> ClipShape:
