@@ -137,13 +137,13 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
         fail(str(exc), 2)
 
 
-def _build(recipe, *, train_data: bool = True, log=None):
+def _build(recipe, *, train_data: bool = True, check_only: bool = False, log=None):
     """Everything the recipe names, constructed and checked (:func:`hcframe.config.build_run`):
     a recipe that cannot run exits 2 with one line, before any work."""
     from hcframe.config import build_run
 
     try:
-        return build_run(recipe, train_data=train_data, log=log)
+        return build_run(recipe, train_data=train_data, check_only=check_only, log=log)
     except RecipeError as exc:
         if os.environ.get("HCFRAME_DEBUG") and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__)
@@ -178,7 +178,8 @@ def _default_run_dir(recipe_path: str, resume: bool) -> Path:
 def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None, resume: bool, dry_run: bool) -> None:
     """Run a recipe: pre-training, then its evaluation stages."""
     recipe = _load(recipe_path, overrides)
-    built = _build(recipe, log=None if dry_run else _log_to_stderr)
+    # --dry-run checks the data without the work of building it (a synthetic world is not generated)
+    built = _build(recipe, check_only=dry_run, log=None if dry_run else _log_to_stderr)
     from hcframe.engine.trainer import RunFailed
 
     if dry_run:
@@ -239,7 +240,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | None, size: int | None, as_json: bool) -> None:
     """Parameter count and FLOPs per clip and per step (all views), counted with fvcore."""
     recipe = _load(recipe_path, overrides)
-    built = _build(recipe)
+    built = _build(recipe, check_only=True)
     from hcframe.info import model_info, training_clip_shape
 
     declared = training_clip_shape(recipe) if frames is None or size is None else None

@@ -28,6 +28,10 @@ the dataset, or ``"my_task: temperature must be a number > 0, got -0.1"`` from t
 ``tasks.mine.temperature: must be a number > 0, got -0.1``. A message that names a path the
 table gives (a dataset root) goes under that key; any other under the table (``data: ...``).
 
+``hcframe run --dry-run`` and ``hcframe info`` build with ``check_only=True``: a dataset whose
+construction is slow work (the synthetic world is generated on first use) checks its arguments
+and files through :meth:`hcframe.VideoDataset.check` instead of being built.
+
 What is built is returned as a :class:`BuiltRun`; the trainer (:class:`hcframe.engine.trainer.Trainer`)
 and the evaluation take it instead of building anything themselves.
 """
@@ -39,21 +43,21 @@ import os
 import random
 import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 import attrs
 import numpy as np
 import torch
 
 from hcframe.components import BatchTransform, Hook
-from hcframe.data import VideoDataset
+from hcframe.data import DatasetCheck, VideoDataset
 from hcframe.engine.combiner import TaskCombiner
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule
 from hcframe.engine.sampler import EpochSampler
 from hcframe.recipe import Recipe, load_recipe
 from hcframe.registry import Registry, get_registry
-from hcframe.tables import ComponentSpec, RecipeError
+from hcframe.tables import ComponentSpec, RecipeError, factory_signature
 
 __all__ = ["BuiltRun", "EvalDatasetKey", "build_dataset", "build_model", "build_run", "construct", "constructor_error", "resolve_device", "seed_everything"]
 
@@ -68,9 +72,9 @@ class BuiltRun:
     ``model``: the encoder split into trunk and branches, the tasks (set up) and the combiner, on
     the CPU, initialised from ``train.seed`` (and ``[model] init``). ``dataset``: the training
     dataset, with ``num_views`` and its tasks' ``target_store`` set (``None`` when built with
-    ``train_data=False``). ``transform``: the training transform, told about the part labels and
+    ``train_data=False``, or with ``check_only=True`` for a dataset that checked itself). ``transform``: the training transform, told about the part labels and
     whether the dataset allows flips. ``hooks``: the recipe's ``[[hooks]]``, in order.
-    ``eval_datasets``: every ``[[eval]]`` dataset by :data:`EvalDatasetKey`.
+    ``eval_datasets``: every ``[[eval]]`` dataset by :data:`EvalDatasetKey` (those built).
     """
 
     recipe: Recipe
@@ -94,12 +98,17 @@ def build_run(
     registry: Registry | None = None,
     log: Callable[[str], None] | None = None,
     train_data: bool = True,
+    check_only: bool = False,
 ) -> BuiltRun:
     """Load (when given a path, with ``overrides``), construct and check everything a recipe names.
 
     ``train_data=False`` leaves out the training dataset and its checks (``hcframe eval`` needs
-    only the model and the ``[[eval]]`` data). ``log`` receives what loading ``[model] init``
-    reports. Raises :class:`RecipeError`: one line, ``<recipe file>: <key path>: <problem>``.
+    only the model and the ``[[eval]]`` data). ``check_only=True`` checks, without building them,
+    the datasets that can (:meth:`hcframe.VideoDataset.check`: the synthetic world is not
+    generated); they are missing from the result (``dataset`` is ``None``). ``hcframe run
+    --dry-run`` and ``hcframe info`` build so; a trainer needs a full build. ``log`` receives what
+    loading ``[model] init`` reports. Raises :class:`RecipeError`: one line, ``<recipe file>:
+    <key path>: <problem>``.
     """
     registry = registry or get_registry()
     if not isinstance(recipe, Recipe):
@@ -107,7 +116,7 @@ def build_run(
     elif overrides:
         raise TypeError("overrides apply to a recipe file; apply them before parsing a Recipe")
     try:
-        return _build(recipe, registry, log, train_data)
+        return _build(recipe, registry, log, train_data, check_only)
     except RecipeError as exc:
         raise RecipeError(f"{recipe.source}: {exc}") from exc.__cause__
 
@@ -123,7 +132,8 @@ def construct(spec: ComponentSpec, registry: Registry | None = None, **extra: An
     try:
         return registry.create(spec.kind, spec.name, **kwargs)
     except Exception as exc:  # whatever a constructor raises, the recipe cannot run
-        raise RecipeError(constructor_error(spec, exc)) from (None if _expected(exc) else exc)
+        arguments = set(spec.args) | set(factory_signature(registry.get(spec.kind, spec.name).factory)[0].parameters)
+        raise RecipeError(constructor_error(spec, exc, arguments)) from (None if _expected(exc) else exc)
 
 
 def _expected(exc: BaseException) -> bool:
@@ -134,9 +144,11 @@ def _expected(exc: BaseException) -> bool:
 _ARGUMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::\s*|\s+)(.+)", re.DOTALL)
 
 
-def constructor_error(spec: ComponentSpec, exc: BaseException) -> str:
+def constructor_error(spec: ComponentSpec, exc: BaseException, arguments: Collection[str] | None = None) -> str:
     """``key.path: problem`` for an error raised while constructing ``spec`` (see the module
-    docstring for how the key is found)."""
+    docstring for how the key is found). ``arguments``: the constructor's argument names
+    (default: the table's keys)."""
+    arguments = set(spec.args) if arguments is None else set(arguments)
     if isinstance(exc, OSError) and exc.filename and exc.strerror:
         message = f"{exc.filename}: {exc.strerror}"
     else:
@@ -148,7 +160,7 @@ def constructor_error(spec: ComponentSpec, exc: BaseException) -> str:
     if message.startswith(own):
         message = message[len(own):]
     match = _ARGUMENT.fullmatch(message)
-    if match and match.group(1) in spec.args:
+    if match and match.group(1) in arguments:
         return f"{spec.path}.{match.group(1)}: {match.group(2)}"
     # A file error: the message names a path the table gives (as written, or made absolute).
     for key, value in sorted(spec.args.items(), key=lambda kv: -len(str(kv[1]))):
@@ -192,7 +204,7 @@ def _world_size() -> int:
 
 
 # --- the build --------------------------------------------------------------------------------------
-def _build(recipe: Recipe, registry: Registry, log: Callable[[str], None] | None, train_data: bool) -> BuiltRun:
+def _build(recipe: Recipe, registry: Registry, log: Callable[[str], None] | None, train_data: bool, check_only: bool) -> BuiltRun:
     t = recipe.train
     device = resolve_device(t.device)
     world = _world_size()
@@ -209,9 +221,9 @@ def _build(recipe: Recipe, registry: Registry, log: Callable[[str], None] | None
                 f"needs in a batch ({task.min_batch_size}); raise train.batch_size"
             )
     transform = construct(recipe.transform, registry)
-    dataset = _build_train_data(recipe, model, transform, world, registry) if train_data else None
+    dataset = _build_train_data(recipe, model, transform, world, registry, check_only) if train_data else None
     hooks = [construct(spec, registry) for spec in recipe.hooks]
-    eval_datasets = _build_eval_data(recipe, registry)
+    eval_datasets = _build_eval_data(recipe, registry, check_only)
     return BuiltRun(
         recipe=recipe, device=device, world_size=world, model=model, transform=transform,
         dataset=dataset, hooks=hooks, eval_datasets=eval_datasets,
@@ -269,32 +281,58 @@ def _check_optimisation(recipe: Recipe, model: MultiTaskModel) -> None:
         raise RecipeError(f"schedule: {' '.join(str(exc).split()) or type(exc).__name__}") from None
 
 
-def _build_train_data(recipe: Recipe, model: MultiTaskModel, transform: BatchTransform, world: int, registry: Registry) -> VideoDataset:
+def _dataset(spec: ComponentSpec, registry: Registry, check_only: bool) -> VideoDataset | DatasetCheck:
+    """The dataset of ``spec``; with ``check_only``, what its :meth:`~hcframe.VideoDataset.check`
+    says instead, when it can tell without being built."""
+    if check_only and not any(isinstance(v, ComponentSpec) for v in spec.args.values()):
+        factory = registry.get(spec.kind, spec.name).factory
+        try:
+            checked = factory.check(**copy.deepcopy(dict(spec.args))) if hasattr(factory, "check") else None
+        except Exception as exc:  # what the constructor would have refused
+            arguments = set(spec.args) | set(factory_signature(factory)[0].parameters)
+            raise RecipeError(constructor_error(spec, exc, arguments)) from (None if _expected(exc) else exc)
+        if checked is not None:
+            return checked
+    return construct(spec, registry)
+
+
+def _size(data: VideoDataset | DatasetCheck) -> int:
+    return data.num_videos if isinstance(data, DatasetCheck) else len(data)
+
+
+def _build_train_data(
+    recipe: Recipe, model: MultiTaskModel, transform: BatchTransform, world: int, registry: Registry, check_only: bool
+) -> VideoDataset | None:
+    """The training dataset with what its tasks and the transform need from it, checked (``None``
+    when ``check_only`` and the dataset checked itself without being built)."""
     t = recipe.train
-    dataset: VideoDataset = construct(recipe.data, registry)
-    dataset.num_views = model.num_views
+    data = _dataset(recipe.data, registry, check_only)
+    dataset = data if isinstance(data, VideoDataset) else None
     for name, task in model.tasks.items():
-        if "parts" in task.needs:
+        if "parts" in task.needs and dataset is not None:
             try:
                 dataset.target_store = task.target_store(dataset)
             except (ValueError, OSError) as exc:
                 raise RecipeError(f"tasks.{name}: {' '.join(str(exc).split())}") from None
         if "label" in task.needs:
-            _check_labels(f"tasks.{name}", task, dataset, recipe.data.name)
-    if dataset.target_store is not None:
-        transform.set_part_labels(dataset.target_store.label_names)
-    transform.set_flip_allowed(bool(getattr(dataset, "flip_preserves_label", True)))
-    per_rank = len(EpochSampler(len(dataset), world, 0, seed=t.seed))
+            _check_labels(f"tasks.{name}", task, data, recipe.data.name)
+    per_rank = len(EpochSampler(_size(data), world, 0, seed=t.seed))
     if per_rank // (t.batch_size // world) == 0:
         over = f" shared by {world} processes" if world > 1 else ""
         raise RecipeError(
-            f"train.batch_size: {t.batch_size} is more than dataset {recipe.data.name!r} holds ({len(dataset)} videos{over}); "
+            f"train.batch_size: {t.batch_size} is more than dataset {recipe.data.name!r} holds ({_size(data)} videos{over}); "
             f"lower train.batch_size or add videos"
         )
+    if dataset is None:
+        return None
+    dataset.num_views = model.num_views
+    if dataset.target_store is not None:
+        transform.set_part_labels(dataset.target_store.label_names)
+    transform.set_flip_allowed(bool(getattr(dataset, "flip_preserves_label", True)))
     return dataset
 
 
-def _check_labels(where: str, task: Any, dataset: VideoDataset, dataset_name: str) -> None:
+def _check_labels(where: str, task: Any, dataset: VideoDataset | DatasetCheck, dataset_name: str) -> None:
     classes = len(getattr(dataset, "class_names", ()) or ())
     if classes == 0:
         raise RecipeError(f"{where}: needs labels but dataset {dataset_name!r} has none; use a labelled dataset or remove the task")
@@ -303,7 +341,7 @@ def _check_labels(where: str, task: Any, dataset: VideoDataset, dataset_name: st
         raise RecipeError(f"{where}.num_classes: {predicted}, but dataset {dataset_name!r} has {classes} classes; set num_classes = {classes}")
 
 
-def _build_eval_data(recipe: Recipe, registry: Registry) -> dict[EvalDatasetKey, VideoDataset]:
+def _build_eval_data(recipe: Recipe, registry: Registry, check_only: bool) -> dict[EvalDatasetKey, VideoDataset]:
     built: dict[EvalDatasetKey, VideoDataset] = {}
     for spec in recipe.eval_specs:
         for transform in (spec.transform, spec.train_transform):
@@ -311,8 +349,9 @@ def _build_eval_data(recipe: Recipe, registry: Registry) -> dict[EvalDatasetKey,
                 construct(transform, registry)
         for split, (train, test) in spec.datasets.items():
             for role, data in (("train", train), ("test", test)):
-                dataset = construct(data, registry)
+                dataset = _dataset(data, registry, check_only)
                 if not getattr(dataset, "class_names", ()):
                     raise RecipeError(f"{data.path}: dataset {data.name!r} has no labels; evaluation needs labelled videos")
-                built[(spec.index, split, role)] = dataset
+                if isinstance(dataset, VideoDataset):
+                    built[(spec.index, split, role)] = dataset
     return built

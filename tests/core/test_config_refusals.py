@@ -214,9 +214,12 @@ def test_bad_recipe_is_refused_before_any_work(case, mode, cli_in, tmp_path):
     _nothing_written(tmp_path)
 
 
-def test_a_good_recipe_passes_the_same_checks(cli_in, tmp_path):
-    recipe = _write(tmp_path, BASE)
-    assert cli_in(["run", str(recipe), "--dry-run"]).exit_code == 0
+@pytest.mark.parametrize("text", [BASE, SYNTHETIC.replace("num_classes = 4", "num_classes = 12")], ids=["test kit", "synthetic world"])
+def test_a_good_recipe_passes_the_same_checks_without_work(text, cli_in, tmp_path):
+    # --dry-run and info check the synthetic world's arguments without generating it.
+    recipe = _write(tmp_path, text)
+    result = cli_in(["run", str(recipe), "--dry-run"])
+    assert result.exit_code == 0 and result.stdout.startswith(f"{recipe}: ok (2 tasks, split layer3"), result.output
     assert cli_in(["info", str(recipe), "--json"]).exit_code == 0
     _nothing_written(tmp_path)
 

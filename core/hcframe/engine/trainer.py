@@ -160,7 +160,7 @@ class Trainer(TrainerBase):
     def _take_model_and_data(self) -> None:
         b = self.built
         if b.dataset is None:
-            raise RunFailed(f"{self.recipe.source}: built without its training data (build_run(train_data=False)); training needs it")
+            raise RunFailed(f"{self.recipe.source}: built without its training dataset (train_data=False or check_only=True); training needs build_run(recipe)")
         self.model = b.model
         self.combiner = self.model.combiner
         self.dataset: VideoDataset = b.dataset  # num_views, target_store set by build_run

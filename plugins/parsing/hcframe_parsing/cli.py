@@ -61,7 +61,7 @@ def cache_teacher_command(recipe_path, task_name, out, every_k, resolution, kind
     try:
         # Every component checked (the teacher is built once, inside its task); the training data
         # without the targets this command is about to make.
-        teacher = build_run(recipe, train_data=False).model.tasks[name].teacher
+        teacher = build_run(recipe, train_data=False, check_only=True).model.tasks[name].teacher
         dataset = build_dataset(recipe)
     except RecipeError as exc:
         raise Refused(str(exc)) from None
