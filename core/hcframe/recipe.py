@@ -179,10 +179,9 @@ class Recipe:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     def build_dataset(self, registry: Registry | None = None) -> VideoDataset:
-        """The ``[data]`` dataset (:func:`hcframe.config.build_dataset`: errors name the key)."""
-        from hcframe.config import build_dataset  # the config module builds on this one
-
-        return build_dataset(self, registry)
+        """The ``[data]`` dataset, built as it is (:func:`hcframe.config.build_dataset` also turns
+        the constructor's errors into recipe errors naming the key)."""
+        return self.data.build(registry)
 
 
 ENGINE_TABLES: dict[str, type] = {

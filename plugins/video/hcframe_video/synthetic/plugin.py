@@ -111,13 +111,14 @@ def show_command(source: str, out: str, num_clips: int, subset: str, overrides: 
                 _error(f"{path}: no {WORLD_FILE}; give a synthetic world folder or a recipe file")
             clips = clips_from_world(path, num_clips, subset)
         else:
+            from hcframe.config import build_dataset
             from hcframe.recipe import RecipeError, load_recipe
 
             try:
-                recipe = load_recipe(path, overrides)
+                dataset = build_dataset(load_recipe(path, overrides))  # errors name the recipe's key
             except RecipeError as exc:
                 _error(str(exc))
-            clips = clips_from_dataset(recipe.build_dataset(), num_clips)
+            clips = clips_from_dataset(dataset, num_clips)
         written = contact_sheet(clips, out)
     except (ValueError, FileNotFoundError) as exc:
         _error(str(exc))
