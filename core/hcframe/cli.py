@@ -11,6 +11,7 @@ import os
 import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from hcframe import __version__
 from hcframe.recipe import RecipeError, load_recipe
 from hcframe.registry import ENV_PLUGINS, ENV_STRICT, KINDS, PluginError, get_registry
 
-__all__ = ["cli", "main"]
+__all__ = ["Refused", "cli", "fail", "main"]
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -33,6 +34,21 @@ def fail(message: str, code: int) -> "click.exceptions.Exit":
     """Print ``error: message`` on one line to stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise click.exceptions.Exit(code)
+
+
+class Refused(click.ClickException):
+    """Bad input refused before any work: ``error: <message>`` on one line, exit code 2. Commands
+    (plugins' too) raise it for a recipe that cannot run: ``raise Refused(str(recipe_error))``."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", markup=True, soft_wrap=True)
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings as ``warning: <text>``, one line (Python's default adds the source line)."""
+    err_console.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", soft_wrap=True)
 
 
 def _registry_or_fail():
@@ -122,6 +138,23 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
         fail(str(exc), 2)
 
 
+def _build(recipe, *, train_data: bool = True, check_only: bool = False, log=None):
+    """Everything the recipe names, constructed and checked (:func:`hcframe.config.build_run`):
+    a recipe that cannot run exits 2 with one line, before any work."""
+    from hcframe.config import build_run
+
+    try:
+        return build_run(recipe, train_data=train_data, check_only=check_only, log=log)
+    except RecipeError as exc:
+        if os.environ.get("HCFRAME_DEBUG") and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        fail(str(exc), 2)
+
+
+def _log_to_stderr(message: str) -> None:
+    err_console.print(escape(message), soft_wrap=True)
+
+
 def _default_run_dir(recipe_path: str, resume: bool) -> Path:
     """``runs/<recipe stem>``; a new run never reuses a directory (``-2``, ``-3`` …), a resume takes
     the newest existing one."""
@@ -138,7 +171,7 @@ def _default_run_dir(recipe_path: str, resume: bool) -> Path:
 
 
 @cli.command("run")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())  # checked by read_recipe_file: one line
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/<recipe name>).")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run directory (with the run's --set options).")
@@ -157,15 +190,13 @@ def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None
             err_console.print(escape(f"resuming with the run's options: {' '.join(f'--set {o}' for o in stored)}"), soft_wrap=True)
         overrides = tuple(merge_overrides(stored, overrides))
     recipe = _load(recipe_path, overrides)
-    from hcframe.engine.trainer import RunFailed, build_model
+    # --dry-run checks the data without the work of building it (a synthetic world is not generated)
+    built = _build(recipe, check_only=dry_run, log=None if dry_run else _log_to_stderr)
+    from hcframe.engine.trainer import RunFailed
     from hcframe.files import FileWriteError
 
     if dry_run:
-        try:
-            model = build_model(recipe)
-        except RunFailed as exc:
-            fail(str(exc), 2)
-        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
         click.echo(f"{recipe.source}: ok ({len(recipe.tasks)} tasks, split {recipe.model.split}, {n:,} trainable parameters)")
         return
     from hcframe.run import run_recipe
@@ -175,7 +206,7 @@ def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None
     if os.environ.get("RANK", "0") == "0":
         err_console.print(f"run directory: {run_dir}")
     try:
-        summary = run_recipe(recipe, run_dir, resume=resume, progress=err_console.is_terminal, overrides=overrides)
+        summary = run_recipe(built, run_dir, resume=resume, progress=err_console.is_terminal, overrides=overrides)
     except RunDirBusy as exc:  # refused before anything was written
         fail(str(exc), 2)
     except (RunFailed, RunDirError, FileWriteError) as exc:
@@ -217,7 +248,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 # --- info ------------------------------------------------------------------------------------------
 @cli.command("info")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())  # checked by read_recipe_file: one line
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
 @click.option("--frames", type=int, default=None, help="Clip length (default: what the dataset declares).")
 @click.option("--size", type=int, default=None, help="Clip side in pixels (default: what the dataset declares, through the transform).")
@@ -225,7 +256,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | None, size: int | None, as_json: bool) -> None:
     """Parameter count and FLOPs per clip and per step (all views), counted with fvcore."""
     recipe = _load(recipe_path, overrides)
-    from hcframe.engine.trainer import RunFailed, build_model
+    built = _build(recipe, check_only=True)
     from hcframe.info import model_info, training_clip_shape
 
     declared = training_clip_shape(recipe) if frames is None or size is None else None
@@ -233,11 +264,7 @@ def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | Non
         fail(f"{recipe.source}: dataset {recipe.data.name!r} does not declare its clip shape; pass --frames and --size", 2)
     frames = frames or declared.frames
     height, width = (size, size) if size else (declared.height, declared.width)
-    try:
-        model = build_model(recipe)
-    except RunFailed as exc:
-        fail(str(exc), 2)
-    info = model_info(model, frames, height, width)
+    info = model_info(built.model, frames, height, width)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -257,7 +284,7 @@ def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | Non
 
 # --- eval ------------------------------------------------------------------------------------------
 @cli.command("eval")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())  # checked by read_recipe_file: one line
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
               help="A training checkpoint (checkpoints/step_N.pt), an encoder export, or a state dict in a layout the encoder reads (torchvision).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
@@ -276,11 +303,12 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
     checkpoint_path = Path(checkpoint)
     if not checkpoint_path.is_file():
         fail(f"{checkpoint_path}: checkpoint file not found", 2)
+    built = _build(recipe, train_data=False, log=_log_to_stderr)  # the model and the [[eval]] data
     from hcframe.evaluation import default_eval_dir, eval_table, evaluate_checkpoint
 
     out_dir = Path(output) if output else default_eval_dir(checkpoint_path)
     try:
-        report = evaluate_checkpoint(recipe, checkpoint_path, out_dir, progress=err_console.is_terminal)
+        report = evaluate_checkpoint(built, checkpoint_path, out_dir, progress=err_console.is_terminal)
     except PretrainedError as exc:  # the weights do not fit the recipe: refused before any evaluation
         fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -379,6 +407,7 @@ def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, ove
 def main() -> None:
     from hcframe.files import FileWriteError
 
+    warnings.showwarning = _one_line_warning
     try:
         cli.main(prog_name="hcframe", standalone_mode=True)
     except PluginError as exc:

@@ -194,6 +194,10 @@ class PretextTask(nn.Module, abc.ABC):
     #: ``None``: the task owns a branch. A task name or ``"concat"``: the task owns no branch and
     #: reads that representation, detached (an online probe that must not shape the encoder).
     reads_branch: str | None = None
+    #: The fewest videos in a batch (``train.batch_size``, over all processes) this task's loss
+    #: means anything with; a smaller batch refuses the recipe before any work. A contrastive loss
+    #: needs another video as a negative: 2.
+    min_batch_size: ClassVar[int] = 1
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         """Called once, before the optimiser is built. ``encoder`` is as in :class:`TaskInput`."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from hcframe.config import BuiltRun
 from hcframe.engine import distributed as hd
 from hcframe.engine.trainer import RunFailed, Trainer, choose_device
 from hcframe.evaluation.hook import EvaluateAtEnd
@@ -19,7 +20,7 @@ __all__ = ["RunFailed", "run_recipe"]
 
 
 def run_recipe(
-    recipe: Recipe,
+    recipe: Recipe | BuiltRun,
     run_dir: Path,
     *,
     resume: bool = False,
@@ -28,6 +29,8 @@ def run_recipe(
     overrides: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run every stage of ``recipe`` in ``run_dir``; returns the summary (also written to disk).
+    ``recipe`` is a recipe, or what :func:`hcframe.config.build_run` built of one (what the CLI
+    passes: everything was checked before the run directory was touched).
 
     The run directory is locked first (:func:`hcframe.rundir.hold_run_dir`): when another run
     holds it, :class:`~hcframe.rundir.RunDirBusy` is raised before anything is written.
@@ -41,6 +44,7 @@ def run_recipe(
     """
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    built, recipe = (recipe, recipe.recipe) if isinstance(recipe, BuiltRun) else (recipe, recipe)
     # The process group first, so that a refusal reaches every rank (none waits for the others).
     hd.init_from_environment(choose_device(recipe.train.device).type)
     try:
@@ -53,7 +57,7 @@ def run_recipe(
     try:
         if overrides is not None and hd.is_main_process():
             write_overrides(run_dir, recipe.source, overrides)
-        trainer = Trainer(recipe, run_dir, resume=resume, progress=progress, log=log, hooks=[EvaluateAtEnd(progress)])
+        trainer = Trainer(built, run_dir, resume=resume, progress=progress, log=log, hooks=[EvaluateAtEnd(progress)])
         try:
             trainer.train()
             summary["status"] = "completed"

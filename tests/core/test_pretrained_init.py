@@ -23,7 +23,7 @@ from hcframe.engine.pretrained import EXPORT_FORMAT
 from hcframe.engine.trainer import build_model
 from hcframe.recipe import RecipeError, dump_toml, load_recipe, parse_recipe
 
-pytestmark = pytest.mark.usefixtures("testkit")
+pytestmark = pytest.mark.usefixtures("testkit")  # the toy recipes use the test kit's components
 
 PROBE = {
     "protocol": "linear_probe", "branch": "bright", "max_iter": 30,

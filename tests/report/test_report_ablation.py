@@ -187,7 +187,9 @@ def test_end_to_end_two_recipes_two_seeds_then_resume(write_recipe, tmp_path):
     assert second.exit_code == 1, second.output
     assert second.stderr.count("completed earlier, skipped") == 3
     assert "[2/6] shared seed 1: resuming" in second.stderr
-    assert second.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 runs failed: broken seed 0: RunFailed")
+    # The recipe is refused by hcframe.config.build_run when its run sets up: a RecipeError naming the key.
+    assert second.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 runs failed: broken seed 0: RecipeError: ")
+    assert "train.batch_size: 32 is more than dataset 'moving_squares' holds (16 videos)" in second.stderr
     for path, mtime in kept.items():
         if path.parent.name != "seed1" or path.parent.parent.name != "shared":
             assert path.stat().st_mtime_ns == mtime
@@ -196,4 +198,4 @@ def test_end_to_end_two_recipes_two_seeds_then_resume(write_recipe, tmp_path):
     assert "| metric | shared | branches | broken |" in markdown
     assert "| linear_probe/moving_squares/concat/top1 (%) |" in markdown
     assert all(line.endswith("| - |") for line in markdown.splitlines() if line.startswith("| linear_probe"))
-    assert "- broken seed 1: RunFailed" in markdown
+    assert "- broken seed 1: RecipeError" in markdown

@@ -114,7 +114,10 @@ class MultiTaskModel(nn.Module):
             self.task_encoders[t] = TaskEncoder(self.trunk, self.branches[source], self._pool)
         for name, task in self.tasks.items():
             dim = self.feature_dim if task.reads_branch is None else self.representation_dim(task.reads_branch)
-            task.setup(self.task_encoders[name], dim)
+            try:
+                task.setup(self.task_encoders[name], dim)
+            except ValueError as exc:  # a head that cannot be built on this encoder: name the task
+                raise ValueError(f"tasks.{name}: {exc}") from exc
 
     @property
     def num_views(self) -> int:

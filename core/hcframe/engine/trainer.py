@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
 import warnings
@@ -20,14 +19,15 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from hcframe import config
 from hcframe.components import Hook, TaskOutput
+from hcframe.config import BuiltRun, build_run, resolve_device
 from hcframe.data import BAD, BadVideo, VideoDataset, collate
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import (
@@ -39,19 +39,18 @@ from hcframe.engine.checkpoint import (
     load_checkpoint,
     restore_rng,
 )
-from hcframe.engine.combiner import TaskCombiner
 from hcframe.engine.hooks import BadVideoAccountant, Checkpointer, GradientCosineProbe, MetricWriter, ProgressDisplay
 from hcframe.engine.loop import RunFailed, TrainerBase
 from hcframe.engine.metric_log import MetricLog
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.precision import autocast, grad_scaler
-from hcframe.engine.pretrained import initialise_from_recipe
 from hcframe.engine.sampler import EpochSampler
 from hcframe.files import write_text_atomic
 from hcframe.metrics import MetricInfo
 from hcframe.recipe import Recipe
 from hcframe.registry import Registry, get_registry
+from hcframe.tables import RecipeError
 
 __all__ = ["RunFailed", "Trainer", "build_model", "choose_device", "cpu_threads", "to_device"]
 
@@ -59,13 +58,12 @@ CHECKPOINT_FORMAT = 2
 
 
 def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RunFailed("train.device = \"cuda\" but no CUDA device is available; use \"auto\" or \"cpu\"")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    """``train.device`` resolved (:func:`hcframe.config.resolve_device`); :class:`RunFailed` when
+    it names a device this machine lacks."""
+    try:
+        return resolve_device(name)
+    except RecipeError as exc:
+        raise RunFailed(str(exc)) from None
 
 
 def cpu_threads(requested: int, data_workers: int, processes: int = 1) -> int:
@@ -83,19 +81,10 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe, registry: Registry | None = None, log: Callable[[str], None] | None = None) -> MultiTaskModel:
-    """Encoder + tasks + combiner as the recipe describes them (random initialisation, or the
-    encoder's weights from ``[model] init``)."""
-    registry = registry or get_registry()
-    encoder = recipe.encoder.build(registry)
-    tasks = {name: spec.build(registry) for name, spec in recipe.tasks.items()}
-    c = recipe.combiner
-    try:
-        if recipe.model.init:  # before the split: trunk, every branch and the tasks' copies start from it
-            initialise_from_recipe(encoder, recipe, log)
-        combiner = TaskCombiner(tasks, c.weights, c.weighting, c.shared_grad_scale, c.pcgrad, c.grad_cosine_every)
-        return MultiTaskModel(encoder, tasks, recipe.model.split, combiner)
-    except ValueError as exc:
-        raise RunFailed(f"{recipe.source}: {exc}") from None
+    """Encoder + tasks + combiner as the recipe describes them (random initialisation from the
+    current random state, or the encoder's weights from ``[model] init``); see
+    :func:`hcframe.config.build_model`. Raises :class:`~hcframe.tables.RecipeError`."""
+    return config.build_model(recipe, registry, log)
 
 
 def _scalar(value: Any) -> float:
@@ -104,6 +93,10 @@ def _scalar(value: Any) -> float:
 
 class Trainer(TrainerBase):
     """Runs the pre-training stage of a recipe in ``run_dir``.
+
+    ``run`` is what :func:`hcframe.config.build_run` built from the recipe (model, data,
+    transform, hooks; one trainer per build), or a :class:`~hcframe.recipe.Recipe`, built so when
+    training is set up (a recipe that cannot run raises :class:`~hcframe.tables.RecipeError`).
 
     Writes ``recipe.toml`` (resolved); its hooks write ``metrics.jsonl``, ``metrics_schema.json`` and
     ``checkpoints/``. :meth:`train` returns :attr:`summary`, the training stage's fields of
@@ -122,7 +115,7 @@ class Trainer(TrainerBase):
 
     def __init__(
         self,
-        recipe: Recipe,
+        run: Recipe | BuiltRun,
         run_dir: Path,
         *,
         resume: bool = False,
@@ -132,7 +125,8 @@ class Trainer(TrainerBase):
         hooks: Sequence[Hook] = (),
     ) -> None:
         super().__init__()
-        self.recipe = recipe
+        self.built: BuiltRun | None = run if isinstance(run, BuiltRun) else None
+        self.recipe: Recipe = run.recipe if isinstance(run, BuiltRun) else run
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.resume = resume
@@ -140,8 +134,8 @@ class Trainer(TrainerBase):
         self.show_progress = progress
         self.log = log
         self.extra_hooks = list(hooks)
-        self.max_steps = recipe.train.steps  # the one place train.steps is read
-        self.accumulate = recipe.train.accumulate
+        self.max_steps = self.recipe.train.steps  # the one place train.steps is read
+        self.accumulate = self.recipe.train.accumulate
         self.summary: dict[str, Any] = {}
         self.metrics = MetricLog()
         self.epoch = 0
@@ -154,15 +148,18 @@ class Trainer(TrainerBase):
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Processes and seeds, model and data, optimisation, the data loader."""
+        """Model and data (built by :func:`~hcframe.config.build_run`, here when the trainer was
+        given a recipe), processes, optimisation, the data loader."""
+        if self.built is None:
+            self.built = build_run(self.recipe, registry=self.registry, log=self.log)
         self._init_process()
-        self._build_model_and_data()
+        self._take_model_and_data()
         self._build_optimisation()
         self._build_loader()
 
     def _init_process(self) -> None:
         t = self.recipe.train
-        self.device = choose_device(t.device)
+        self.device = self.built.device
         self.distributed = hd.init_from_environment(self.device.type)
         self.rank, self.world = hd.rank(), hd.world_size()
         self.is_main = self.rank == 0
@@ -171,26 +168,16 @@ class Trainer(TrainerBase):
         self.local_batch = t.batch_size // self.world
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(t.cpu_threads, t.num_workers, self.world))
-        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
-        torch.manual_seed(t.seed)
-        random.seed(t.seed)
-        np.random.seed(t.seed % 2**32)
+        # The seeds were set by build_run before it built the model, the same on every rank.
 
-    def _build_model_and_data(self) -> None:
-        r = self.recipe
-        self.model = build_model(r, self.registry, log=self.log)
+    def _take_model_and_data(self) -> None:
+        b = self.built
+        if b.dataset is None:
+            raise RunFailed(f"{self.recipe.source}: built without its training dataset (train_data=False or check_only=True); training needs build_run(recipe)")
+        self.model = b.model
         self.combiner = self.model.combiner
-        self.dataset: VideoDataset = r.data.build(self.registry)
-        self.dataset.num_views = self.model.num_views
-        for name, task in self.model.tasks.items():
-            if "parts" in task.needs:
-                self.dataset.target_store = task.target_store(self.dataset)
-            if "label" in task.needs and not self.dataset.class_names:
-                raise RunFailed(f"{r.source}: tasks.{name} needs labels but dataset {r.data.name!r} has none")
-        self.transform = r.transform.build(self.registry).to(self.device)
-        if self.dataset.target_store is not None:
-            self.transform.set_part_labels(self.dataset.target_store.label_names)
-        self.transform.set_flip_allowed(bool(getattr(self.dataset, "flip_preserves_label", True)))
+        self.dataset: VideoDataset = b.dataset  # num_views, target_store set by build_run
+        self.transform = b.transform.to(self.device)  # told about part labels and flips by build_run
 
     def _build_optimisation(self) -> None:
         t = self.recipe.train
@@ -253,7 +240,7 @@ class Trainer(TrainerBase):
         ]
         loggers = [spec.build(self.registry) for spec in self.recipe.loggers]
         last: list[Hook] = [MetricWriter(t.log_every, loggers), ProgressDisplay(bar=self.show_progress)]
-        return first + [spec.build(self.registry) for spec in self.recipe.hooks] + self.extra_hooks + last
+        return first + list(self.built.hooks) + self.extra_hooks + last
 
     def metric_info(self) -> list[MetricInfo]:
         """What a run logs: the trainer's own keys, the model's (tasks, combiner), the hooks'."""

@@ -189,12 +189,14 @@ def load_or_extract_features(
     registry: Any = None,
     log: Callable[[str], None] = lambda m: None,
     progress: bool = False,
+    dataset: Any = None,
 ) -> tuple[FeatureSet, Path, bool]:
     """Features of the dataset ``dataset_spec`` (a ComponentSpec), from the cache when present.
 
-    Returns the features, the cache file and whether it was a cache hit. The dataset is only built
-    when the features have to be extracted; its ``num_views`` is set to 1 (one clip per video in
-    train mode; test-mode datasets return all their views regardless).
+    Returns the features, the cache file and whether it was a cache hit. The dataset (``dataset``
+    when already built from ``dataset_spec``) is only used when the features have to be
+    extracted; its ``num_views`` is set to 1 (one clip per video in train mode; test-mode
+    datasets return all their views regardless).
     """
     description = {
         "format": CACHE_FORMAT,
@@ -214,7 +216,7 @@ def load_or_extract_features(
             log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {branch}) from cache {path}")
             return cached, path, True
         log(f"feature cache {path}: {cached}; extracting again")
-    dataset = dataset_spec.build(registry)
+    dataset = dataset if dataset is not None else dataset_spec.build(registry)
     dataset.num_views = 1
     log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,

@@ -20,6 +20,8 @@ class EvaluateAtEnd(Hook):
         trainer = self.trainer
         if trainer.status not in ("completed", "stopped") or not trainer.recipe.evaluations:
             return
+        built = getattr(trainer, "built", None)  # the [[eval]] datasets build_run already built
         trainer.summary["eval"] = run_evaluations(
-            trainer.recipe, trainer.model, trainer.run_dir, device=trainer.device, log=trainer.log, progress=self.progress
+            trainer.recipe, trainer.model, trainer.run_dir, device=trainer.device, log=trainer.log, progress=self.progress,
+            datasets=built.eval_datasets if built is not None else None,
         )

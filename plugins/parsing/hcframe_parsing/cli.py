@@ -84,26 +84,30 @@ def cache_teacher_command(recipe_path, task_name, out, every_k, resolution, kind
 
     Under torchrun the videos are shared out over the ranks of every node."""
     from hcframe.engine import distributed as hd
+    from hcframe.cli import Refused
+    from hcframe.config import build_dataset, build_run
     from hcframe.recipe import RecipeError, load_recipe
     from hcframe_parsing.cache import cache_teacher
     from hcframe_video.partmaps import PartMapError
 
     try:
         recipe = load_recipe(recipe_path, overrides=list(overrides))
-    except RecipeError as exc:
-        _fail(str(exc), 2)
+    except RecipeError as exc:  # a bad recipe: exit 2, one line, before any work
+        raise Refused(str(exc)) from None
     name, spec = _pick_task(recipe, task_name)
     out = out or spec.args.get("cache") or ""
     if not out:
         _fail(f"{recipe.source}: tasks.{name}.cache is empty; give --out or set the cache folder in the recipe", 2)
     device = _device(device)
     try:
-        teacher = spec.args["teacher"].build()
-        if not teacher.online:
-            _fail(f"{recipe.source}: tasks.{name}.teacher reads stored targets (it is not run on frames); it needs no cache", 2)
-        dataset = recipe.build_dataset()
-    except (ValueError, FileNotFoundError) as exc:  # a bad teacher or dataset setting: nothing ran
-        _fail(f"{recipe.source}: {exc}", 2)
+        # Every component checked (the teacher is built once, inside its task); the training data
+        # without the targets this command is about to make.
+        teacher = build_run(recipe, train_data=False, check_only=True).model.tasks[name].teacher
+        dataset = build_dataset(recipe)
+    except RecipeError as exc:
+        raise Refused(str(exc)) from None
+    if not teacher.online:
+        _fail(f"{recipe.source}: tasks.{name}.teacher reads stored targets (it is not run on frames); it needs no cache", 2)
     step = _every_k(every_k, dataset, str(recipe.source))
     hd.init_from_environment(device.split(":")[0], backend="gloo")
     try:

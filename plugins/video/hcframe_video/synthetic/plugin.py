@@ -117,17 +117,19 @@ def show_command(source: str, out: str, num_clips: int, subset: str, overrides: 
                 _error(f"{path}: no {WORLD_FILE}; give a synthetic world folder or a recipe file")
             clips = clips_from_world(path, num_clips, subset)
         else:
+            from hcframe.config import build_dataset
             from hcframe.recipe import RecipeError, load_recipe
 
             try:
                 recipe = load_recipe(path, overrides)
+                dataset = build_dataset(recipe)  # errors name the recipe's key
             except RecipeError as exc:
                 _error(str(exc))
             if checkpoint is not None or (not out.lower().endswith(".gif") and _draws_part_maps(recipe)):
                 written, count = comparison_sheet(recipe, out, num_clips, checkpoint)
                 click.echo(f"wrote {written} ({count} clips)")
                 return
-            clips = clips_from_dataset(recipe.build_dataset(), num_clips)
+            clips = clips_from_dataset(dataset, num_clips)
         written = contact_sheet(clips, out)
     except (ValueError, FileNotFoundError) as exc:
         _error(str(exc))
