@@ -59,7 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hcframe.engine.trainer import Trainer, build_model
+from hcframe.config import build_run
+from hcframe.engine.trainer import Trainer
 from hcframe.heads import LinearHead
 from hcframe.recipe import parse_recipe
 from hcframe.registry import get_registry
@@ -171,14 +172,15 @@ class HandWritten:
 # --- hcframe's step -------------------------------------------------------------------------------
 class DeviceBatchTrainer(Trainer):
     """hcframe's :class:`Trainer` whose batches are one device batch (no data loader, no transform):
-    everything else, ``run_step`` and the built-in hooks, is hcframe's own."""
+    everything else, ``run_step`` and the built-in hooks, is hcframe's own. The model is what
+    :func:`hcframe.config.build_run` builds (``train_data=False``: the batch is given)."""
 
     def __init__(self, recipe: Any, run_dir: Path, batch: dict[str, Any]) -> None:
-        super().__init__(recipe, run_dir, log=lambda message: None)
+        super().__init__(build_run(recipe, train_data=False), run_dir, log=lambda message: None)
         self.fixed_batch = batch
 
-    def _build_model_and_data(self) -> None:
-        self.model = build_model(self.recipe, self.registry)
+    def _take_model_and_data(self) -> None:
+        self.model = self.built.model
         self.combiner = self.model.combiner
         self.dataset = range(10**9)  # the bad-video accounting asks for its length
 

@@ -248,28 +248,33 @@ def ablation_table(result: AblationResult):
 
 
 def ablation_chart(result: AblationResult):
-    """Grouped bars: one group per metric, one bar per recipe (fractions in %)."""
-    from hcframe.plots import BarSeries, bar_chart
+    """A matplotlib figure of grouped bars: one group per metric, one bar per recipe, the mean with
+    a ± std error bar (fractions in %). Needs matplotlib (``hcframe[report]``)."""
+    from hcframe.figures import bars_figure, require_matplotlib
 
+    require_matplotlib("hcframe ablation")
     series = []
     for name in result.names:
         stats = [result.stats.get(name, {}).get(m, Stat(math.nan, math.nan, 0)) for m in result.metrics]
         scale = [100.0 if is_percent(result.kind(m)) else 1.0 for m in result.metrics]
-        series.append(BarSeries(name, [s.mean * k for s, k in zip(stats, scale)], [s.std * k for s, k in zip(stats, scale)]))
+        series.append((name, [s.mean * k for s, k in zip(stats, scale)], [s.std * k for s, k in zip(stats, scale)]))
     fractions = [is_percent(result.kind(m)) for m in result.metrics]
     ylabel = "%" if all(fractions) else ("value (accuracies and recalls in %)" if any(fractions) else "value")
-    return bar_chart(result.metrics, series, title=f"Ablation: mean ± std over {len(result.seeds)} seeds", ylabel=ylabel)
+    return bars_figure(result.metrics, series, title=f"Ablation: mean ± std over {len(result.seeds)} seeds", ylabel=ylabel)
 
 
 def write_ablation_outputs(result: AblationResult, output: Path, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[Path]:
-    """Write ``ablation.json``, ``ablation.md`` and (when there is a number to draw) ``ablation.png``."""
+    """Write ``ablation.json``, ``ablation.md`` and (when there is a number to draw)
+    ``ablation.png`` and ``ablation.svg``."""
+    from hcframe.figures import save_figure
+
     output.mkdir(parents=True, exist_ok=True)
     paths = [output / "ablation.json", output / "ablation.md"]
     paths[0].write_text(json.dumps(result.as_json(), indent=2) + "\n")
     paths[1].write_text(ablation_markdown(result))
     has_numbers = any(s.n for stats in result.stats.values() for s in stats.values())
     if result.metrics and has_numbers:
-        paths.append(ablation_chart(result).save(output / "ablation.png"))
+        paths.extend(save_figure(ablation_chart(result), output, "ablation"))
     else:
         log("no results to draw; ablation.png not written")
     return paths

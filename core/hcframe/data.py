@@ -37,7 +37,7 @@ import attrs
 import torch
 from torch.utils.data import Dataset, default_collate
 
-__all__ = ["BadVideo", "ClipShape", "TargetStore", "VideoDataset", "collate", "pad_picture", "sample_generator", "split_key"]
+__all__ = ["BadVideo", "ClipShape", "DatasetCheck", "TargetStore", "VideoDataset", "collate", "pad_picture", "sample_generator", "split_key"]
 
 VIEWS = "views"
 LABEL = "label"
@@ -47,6 +47,13 @@ PARTS = "parts"
 BAD = "bad_videos"
 #: Picture keys padded to a common size by :func:`collate`, and the keys of their true sizes.
 PADDED_SIZES = {VIEWS: "views_hw", PARTS: "parts_hw"}
+
+
+class DatasetCheck(NamedTuple):
+    """What :meth:`VideoDataset.check` tells of a dataset without building it."""
+
+    num_videos: int
+    class_names: tuple[str, ...]
 
 
 class ClipShape(NamedTuple):
@@ -113,6 +120,16 @@ class VideoDataset(Dataset, abc.ABC):
         """The shape of the clips ``cls(**args)`` returns, worked out from the constructor
         arguments alone (``hcframe info`` does not build datasets: that may read or generate a
         whole dataset). ``None`` (the default): it cannot be told that way."""
+        return None
+
+    @classmethod
+    def check(cls, **args: Any) -> DatasetCheck | None:
+        """Check ``cls(**args)`` without building it, for a dataset whose construction does slow
+        work (generating a world, indexing a large tree): raise what the constructor would raise
+        for these arguments and files (``ValueError`` naming the argument, ``FileNotFoundError``
+        naming the path), and return how many videos and which classes it would hold. ``None``
+        (the default): building it is the check, and it is built. ``hcframe run --dry-run`` and
+        ``hcframe info`` check datasets so; ``hcframe run`` builds them."""
         return None
 
     @classmethod

@@ -34,8 +34,10 @@ from hcframe.tables import (
     build_component,
     build_engine_table,
     check_value,
+    closest,
     factory_signature,
     fraction,
+    increasing_positive,
     non_negative,
     positive,
     suggest,
@@ -146,7 +148,7 @@ class FinetuneOptions:
     weight_decay: float = attrs.field(default=5e-4, validator=non_negative)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: int = attrs.field(default=0, validator=non_negative)
-    milestones: list[int] = attrs.field(factory=list)
+    milestones: list[int] = attrs.field(factory=list, validator=increasing_positive)
     gamma: float = attrs.field(default=0.1, validator=fraction)
     dropout: float = attrs.field(default=0.5, validator=fraction)
     label_smoothing: float = attrs.field(default=0.0, validator=fraction)
@@ -255,10 +257,8 @@ def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) 
     if protocol is None:
         raise RecipeError(f"{where}.protocol: missing; set it to one of {', '.join(PROTOCOL_OPTIONS)}")
     if protocol not in PROTOCOL_OPTIONS:
-        import difflib
-
-        close = difflib.get_close_matches(str(protocol), list(PROTOCOL_OPTIONS), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(PROTOCOL_OPTIONS)}"
+        close = closest(str(protocol), list(PROTOCOL_OPTIONS))
+        hint = f"did you mean {close!r}?" if close else f"use one of {', '.join(PROTOCOL_OPTIONS)}"
         raise RecipeError(f"{where}.protocol: unknown protocol {protocol!r}; {hint}")
     options_cls = PROTOCOL_OPTIONS[protocol]
     option_names = [f.name for f in attrs.fields(options_cls)]
@@ -359,15 +359,19 @@ def _parse_all(tables: Any, registry: Registry, branches: list[str]) -> list[tup
     return parsed
 
 
-def parse_eval_tables(tables: Any, registry: Registry, branches: list[str]) -> list[dict[str, Any]]:
-    """Validate the recipe's ``[[eval]]`` tables; return them resolved (defaults filled in).
+def parse_eval_tables(tables: Any, registry: Registry, branches: list[str]) -> tuple[list[EvalSpec], list[dict[str, Any]]]:
+    """Validate the recipe's ``[[eval]]`` tables, once: the :class:`EvalSpec` objects and the
+    tables resolved (defaults filled in, as the run's ``recipe.toml`` records them).
 
-    ``branches`` are the recipe's task names. Called by :func:`hcframe.recipe.parse_recipe`.
+    ``branches`` are the recipe's task names. Called by :func:`hcframe.recipe.parse_recipe`, which
+    keeps both (``Recipe.eval_specs``, ``Recipe.evaluations``).
     Raises :class:`RecipeError` with one line naming ``eval[i].key``.
     """
-    return [copy.deepcopy(resolved) for _, resolved in _parse_all(tables, registry, branches)]
+    parsed = _parse_all(tables, registry, branches)
+    return [spec for spec, _ in parsed], [copy.deepcopy(resolved) for _, resolved in parsed]
 
 
 def build_eval_specs(tables: list[dict[str, Any]], registry: Registry, branches: list[str]) -> list[EvalSpec]:
-    """The :class:`EvalSpec` objects of (resolved or raw) ``[[eval]]`` tables."""
+    """The :class:`EvalSpec` objects of (resolved or raw) ``[[eval]]`` tables outside a recipe (a
+    recipe already holds its own in ``Recipe.eval_specs``)."""
     return [spec for spec, _ in _parse_all(tables, registry, branches)]

@@ -3,7 +3,8 @@
 A recipe has a few engine tables (``[train]``, ``[optim]``, ``[schedule]``, ``[combiner]``,
 ``[model]``) whose keys are fixed and validated by attrs, ``[[eval]]`` tables
 (:mod:`hcframe.eval_tables`), ``[[hooks]]`` tables (hooks run around the training steps, see
-:class:`hcframe.Hook`), and *component tables*: any table with a
+:class:`hcframe.Hook`), ``[[loggers]]`` tables (where logged numbers go besides ``metrics.jsonl``,
+see :class:`hcframe.Logger`), and *component tables*: any table with a
 ``name`` key builds the registered component of that name, passing the table's other keys to its
 constructor. Those keys are checked against the constructor's signature (unknown keys, missing
 required ones, value types from the annotations). A constructor parameter annotated with a
@@ -18,6 +19,8 @@ import copy
 import hashlib
 import json
 import math
+import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -26,7 +29,7 @@ import attrs
 
 from hcframe.data import VideoDataset
 from hcframe.engine.combiner import TaskCombiner
-from hcframe.eval_tables import parse_eval_tables
+from hcframe.eval_tables import EvalSpec, parse_eval_tables
 from hcframe.registry import Registry, get_registry
 from hcframe.tables import (
     ComponentSpec,
@@ -34,6 +37,7 @@ from hcframe.tables import (
     build_component,
     build_engine_table,
     fraction,
+    increasing_positive,
     non_negative,
     plain,
     positive,
@@ -41,6 +45,7 @@ from hcframe.tables import (
 )
 
 __all__ = [
+    "MAX_RECIPE_BYTES",
     "ComponentSpec",
     "Recipe",
     "RecipeError",
@@ -48,7 +53,11 @@ __all__ = [
     "dump_toml",
     "load_recipe",
     "parse_recipe",
+    "read_recipe_file",
 ]
+
+#: Recipes are small text files; anything larger is not one (and is not read into memory).
+MAX_RECIPE_BYTES = 1 << 20
 
 
 # --- engine tables -------------------------------------------------------------------------------
@@ -81,6 +90,17 @@ class TrainSpec:
     on_bad_video: Literal["skip", "raise"] = "skip"
 
 
+def _betas(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    if not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError(f"{attribute.name}: each must be in [0, 1) (AdamW's running averages, e.g. [0.9, 0.999]), got {list(value)}")
+
+
+def _scales(instance: Any, attribute: attrs.Attribute, value: dict[str, float]) -> None:
+    for task, scale in value.items():
+        if scale < 0:
+            raise ValueError(f"{attribute.name}.{task}: must be >= 0 (a multiplier of optim.lr; 0 freezes the task's branch and head), got {scale}")
+
+
 @attrs.frozen
 class OptimSpec:
     """``[optim]``: SGD or AdamW; weight decay is not applied to biases and norm parameters."""
@@ -89,10 +109,10 @@ class OptimSpec:
     lr: float = attrs.field(default=0.1, validator=positive)
     momentum: float = attrs.field(default=0.9, validator=fraction)
     nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
     weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
     #: Learning-rate multiplier per task for the task's branch and head, e.g. ``{parsing = 2.0}``.
-    lr_scale: dict[str, float] = attrs.field(factory=dict)
+    lr_scale: dict[str, float] = attrs.field(factory=dict, validator=_scales)
 
 
 @attrs.frozen
@@ -103,7 +123,7 @@ class ScheduleSpec:
     warmup_steps: int = attrs.field(default=0, validator=non_negative)
     warmup_start_factor: float = attrs.field(default=0.01, validator=fraction)
     final_factor: float = attrs.field(default=0.0, validator=fraction)  # cosine end, x lr
-    milestones: list[int] = attrs.field(factory=list)  # step schedule, in steps
+    milestones: list[int] = attrs.field(factory=list, validator=increasing_positive)  # step schedule, in steps
     gamma: float = attrs.field(default=0.1, validator=fraction)
 
 
@@ -152,9 +172,11 @@ class Recipe:
     optim: OptimSpec
     schedule: ScheduleSpec
     combiner: CombinerSpec
-    evaluations: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]  # the [[eval]] tables, resolved (as recipe.toml records them)
     raw: dict[str, Any]
     hooks: list[ComponentSpec] = attrs.field(factory=list)  # [[hooks]], in order
+    loggers: list[ComponentSpec] = attrs.field(factory=list)  # [[loggers]], in order
+    eval_specs: list[EvalSpec] = attrs.field(factory=list)  # the same [[eval]] tables, checked
 
     def to_toml(self) -> str:
         return dump_toml(self.raw)
@@ -163,6 +185,8 @@ class Recipe:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     def build_dataset(self, registry: Registry | None = None) -> VideoDataset:
+        """The ``[data]`` dataset, built as it is (:func:`hcframe.config.build_dataset` also turns
+        the constructor's errors into recipe errors naming the key)."""
         return self.data.build(registry)
 
 
@@ -172,7 +196,7 @@ ENGINE_TABLES: dict[str, type] = {
     "schedule": ScheduleSpec,
     "combiner": CombinerSpec,
 }
-TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", "hooks", *ENGINE_TABLES)
+TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", "hooks", "loggers", *ENGINE_TABLES)
 
 
 # --- overrides -----------------------------------------------------------------------------------
@@ -183,19 +207,59 @@ def _parse_override_value(text: str) -> Any:
         return text  # a bare word is a string: --set data.name=ucf101
 
 
+def _shown_path(parts: list[str | int]) -> str:
+    """``["eval", 0, "lr"]`` as the messages write it: ``eval[0].lr``."""
+    shown = ""
+    for part in parts:
+        shown += f"[{part}]" if isinstance(part, int) else (f".{part}" if shown else part)
+    return shown
+
+
+def _override_path(key: str) -> list[str | int]:
+    """``eval.0.lr`` or ``eval[0].lr`` -> ``["eval", 0, "lr"]`` (numbers index arrays)."""
+    parts = [p.strip() for p in key.replace("[", ".").replace("]", "").split(".")]
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
 def apply_override(table: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.c=value`` (value in TOML syntax, or a bare string) to a raw recipe table."""
+    """Apply ``a.b.c=value`` (value in TOML syntax, or a bare string) to a raw recipe table.
+
+    A number indexes an array: ``eval.0.epochs=5`` (or ``eval[0].epochs=5``) sets ``epochs`` in
+    the first ``[[eval]]`` table, ``model.encoder.blocks.0=2`` the first item of a list."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {assignment}: expected KEY.PATH=VALUE")
-    parts = [p.strip() for p in key.strip().split(".")]
-    node = table
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise RecipeError(f"--set {assignment}: {'.'.join(parts[: i + 1])} is a value, not a table")
+    parts = _override_path(key.strip())
+    if any(p == "" for p in parts):
+        raise RecipeError(f"--set {assignment}: empty key in {key.strip()!r}")
+    value = _parse_override_value(text.strip())
+    node: Any = table
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = _shown_path(parts[: i + 1])
+        if isinstance(node, list):
+            parent = _shown_path(parts[:i])
+            if not isinstance(part, int):
+                raise RecipeError(f"--set {assignment}: {parent} is an array; index it with a number, e.g. {parent}.0.{part}")
+            if part >= len(node):
+                count = f"{len(node)} entr{'y' if len(node) == 1 else 'ies'}"
+                raise RecipeError(f"--set {assignment}: {parent} has {count}, so there is no {here} (indices count from 0)")
+        elif isinstance(part, int):
+            if str(part) in node:  # a table key that is a number, e.g. a task named "1"
+                parts[i] = part = str(part)
+            else:
+                raise RecipeError(f"--set {assignment}: {_shown_path(parts[:i]) or 'the recipe'} is not an array; {here} does not exist")
+        if isinstance(node, dict) and not last:
+            if part not in node and isinstance(parts[i + 1], int):
+                raise RecipeError(f"--set {assignment}: the recipe has no {here} array to index")
+            node.setdefault(part, {})
+        if last:
+            node[part] = value
+            return
+        child = node[part]
+        if not isinstance(child, (dict, list)):
+            raise RecipeError(f"--set {assignment}: {here} is a value, not a table")
         node = child
-    node[parts[-1]] = _parse_override_value(text.strip())
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -207,7 +271,21 @@ def parse_recipe(raw: dict[str, Any], source: str = "<recipe>", registry: Regist
         raise RecipeError(f"{source}: {exc}") from None
 
 
+def _refuse_non_finite(node: Any, where: str) -> None:
+    """TOML allows ``nan`` and ``inf``; no recipe value means them (a learning rate of ``inf``
+    trains one step into non-finite weights, a ``clip_grad`` of ``nan`` turns clipping off)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise RecipeError(f"{where}: {node} is not a finite number; give a finite value")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_non_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_non_finite(value, f"{where}[{i}]")
+
+
 def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
+    _refuse_non_finite(raw, "")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise RecipeError(f"{key}: unknown top-level key; {suggest(key, list(TOP_LEVEL_KEYS))}")
@@ -244,8 +322,9 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         TaskCombiner(list(tasks), **attrs.asdict(engine["combiner"]))
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
-    evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
+    eval_specs, evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
     hooks = _parse_hooks(raw.get("hooks", []), registry)
+    loggers = _parse_loggers(raw.get("loggers", []), registry)
 
     resolved: dict[str, Any] = {
         "data": data.to_table(),
@@ -259,6 +338,8 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         resolved["eval"] = evaluations
     if hooks:
         resolved["hooks"] = [h.to_table() for h in hooks]
+    if loggers:
+        resolved["loggers"] = [lg.to_table() for lg in loggers]
     return Recipe(
         source=source,
         data=data,
@@ -269,6 +350,8 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         evaluations=evaluations,
         raw=resolved,
         hooks=hooks,
+        loggers=loggers,
+        eval_specs=eval_specs,
         **engine,
     )
 
@@ -280,19 +363,68 @@ def _parse_hooks(tables: Any, registry: Registry) -> list[ComponentSpec]:
     return [build_component("hook", table, f"hooks[{i}]", registry) for i, table in enumerate(tables)]
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:
-    """Read, override and validate a recipe file. Raises :class:`RecipeError` (one line)."""
+def _parse_loggers(tables: Any, registry: Registry) -> list[ComponentSpec]:
+    """``[[loggers]]``: component tables of kind ``logger``. A logger whose optional dependency is
+    not installed is refused here, before any work, with the extra that installs it."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RecipeError("loggers: expected [[loggers]] tables, each with name = \"<logger>\" and the logger's arguments")
+    specs = [build_component("logger", table, f"loggers[{i}]", registry) for i, table in enumerate(tables)]
+    for i, spec in enumerate(specs):
+        check = getattr(registry.get("logger", spec.name).factory, "missing_dependency", None)
+        missing = check() if check is not None else None
+        if missing:
+            raise RecipeError(f"loggers[{i}].name: logger {spec.name!r} {missing}")
+    return specs
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The TOML table of a recipe file. Refused with one line (:class:`RecipeError`): a path that
+    is not a regular file (a folder, a FIFO, a device such as ``/dev/zero``: never read, so
+    nothing hangs), a file over :data:`MAX_RECIPE_BYTES`, text that is not UTF-8, TOML syntax
+    errors (with their line and column)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise RecipeError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder; give the recipe's .toml file") from None
     except OSError as exc:
         raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise RecipeError(f"{path}: is a folder; give the recipe's .toml file")
+        raise RecipeError(f"{path}: not a regular file (a pipe, device or socket); give the recipe's .toml file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+        except OSError as exc:
+            raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB, too large to be a recipe; give the recipe's .toml file")
     try:
-        raw = tomllib.loads(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save the recipe as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark some editors write
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:
+    """Read, override and validate a recipe file. Raises :class:`RecipeError` (one line).
+
+    This checks keys, types and values; :func:`hcframe.config.build_run` also constructs every
+    component and checks the data (what ``hcframe run`` does before any work)."""
+    path = Path(path)
+    raw = read_recipe_file(path)
     for assignment in overrides:
         try:
             apply_override(raw, assignment)

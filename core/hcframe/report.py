@@ -1,4 +1,5 @@
-"""``hcframe report RUN_DIR``: PNG plots of a run's training curves and its evaluation as Markdown.
+"""``hcframe report RUN_DIR``: figures of a run's training curves (matplotlib, PNG and SVG) and its
+evaluation as Markdown.
 
 Reads the run directory the trainer writes (see :class:`hcframe.engine.trainer.Trainer`):
 
@@ -14,9 +15,13 @@ Reads the run directory the trainer writes (see :class:`hcframe.engine.trainer.T
 * ``summary.json`` — ``status``, ``steps``, ``wall_time_s``, ``final_metrics`` and ``eval``
   (result name -> metric -> number), and ``eval.json`` when ``hcframe eval`` wrote one there.
 
-and writes ``<run>/report/`` (or ``--out``): one PNG per plot that has data (the core's
-:data:`GROUPS` first, then the plots declarations name, in the order they first appear) and
-``eval.md``.
+and writes ``<run>/report/`` (or ``--out``): one figure per plot that has data (the core's
+:data:`GROUPS` first, then the plots declarations name, in the order they first appear), as
+``<plot>.png`` and ``<plot>.svg``, and ``eval.md``. A figure has one panel per task (the part of
+a key before its first ``/``; keys without one, such as the total ``loss``, in a panel of their
+own), and draws each curve raw and smoothed (``smoothing``, TensorBoard's debiased exponential
+moving average; not the learning rate and the loss weights). Drawing needs matplotlib
+(``pip install 'hcframe[report]'``); without it the report is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from hcframe.figures import Curve, MatplotlibMissing, Panel, curves_figure, require_matplotlib, save_figure
 from hcframe.metrics import (
     KIND_PLOTS,
     MetricInfo,
@@ -36,7 +42,6 @@ from hcframe.metrics import (
     metric_order,
     read_metric_schema,
 )
-from hcframe.plots import LineSeries, line_chart
 
 __all__ = [
     "GROUPS",
@@ -47,6 +52,7 @@ __all__ = [
     "numeric_metrics",
     "plot_groups",
     "read_metrics",
+    "build_figures",
     "write_plots",
     "write_report",
 ]
@@ -62,24 +68,27 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class PlotGroup:
-    """One PNG: the keys :func:`classify_key` puts in plot ``name``."""
+    """One figure: the keys :func:`classify_key` puts in plot ``name``."""
 
     name: str  # also the file stem
     title: str
     ylabel: str
     log_y: str  # "never" | "auto" (when every value is > 0 and they span a factor of 20 or more)
+    smooth: bool = True  # draw smoothed curves over the raw ones when smoothing is on
+    percent: bool = False  # values in [0, 1], drawn in %
 
 
 #: The plots of the keys the core itself logs and of the metric kinds, in this order.
 GROUPS: tuple[PlotGroup, ...] = (
     PlotGroup("losses", "Losses (total, per task, and loss terms)", "loss", "auto"),
-    PlotGroup("learning_rate", "Learning rate", "learning rate", "never"),
-    PlotGroup("accuracy", "Accuracies", "accuracy", "never"),
-    PlotGroup("fractions", "Fractions", "fraction", "never"),
+    PlotGroup("learning_rate", "Learning rate", "learning rate", "never", smooth=False),
+    PlotGroup("accuracy", "Accuracies", "accuracy", "never", percent=True),
+    PlotGroup("fractions", "Fractions", "fraction", "never", percent=True),
     PlotGroup("gradient_cosine", "Cosine between task gradients on the shared trunk", "cosine", "never"),
-    PlotGroup("loss_weights", "Loss weights", "weight", "auto"),
+    PlotGroup("loss_weights", "Loss weights", "weight", "auto", smooth=False),
     PlotGroup(OTHER_PLOT, "Other task metrics", "value", "never"),
     PlotGroup("throughput", "Throughput", "clips / s", "never"),
+    PlotGroup("data_wait", "Time each step waited for its batch (decoding and transform)", "seconds", "never"),
 )
 _KIND_YLABELS = {"loss": "loss", "accuracy": "accuracy", "fraction": "fraction", "other": "value"}
 
@@ -107,8 +116,9 @@ def plot_groups(keys: Iterable[str], schema: Mapping[str, MetricInfo]) -> list[P
         if name in core:
             continue
         kinds = {schema[k].kind for k in group_keys if k in schema}
-        kind = kinds.pop() if len(kinds) == 1 else "other"
-        groups.append(PlotGroup(name, name.replace("_", " ").capitalize(), _KIND_YLABELS[kind], "auto" if kind == "loss" else "never"))
+        percent = bool(kinds) and all(is_percent(k) for k in kinds)  # e.g. mIoU beside pixel accuracy
+        kind = next(iter(kinds)) if len(kinds) == 1 else "other"
+        groups.append(PlotGroup(name, name.replace("_", " ").capitalize(), _KIND_YLABELS[kind], "auto" if kind == "loss" else "never", percent=percent))
     return groups
 
 
@@ -204,22 +214,51 @@ def _log_scale(values: list[float], policy: str) -> bool:
     return max(finite) / min(finite) >= 20
 
 
+def _panels(group: PlotGroup, keys: list[str], series: Mapping[str, tuple[list[int], list[float]]]) -> list[Panel]:
+    """One panel per task (the part of a key before its first "/"), in the order keys come;
+    keys without a "/" (the total loss, ``lr``) share a first panel."""
+    by_prefix: dict[str, list[str]] = {"": []}
+    for key in keys:
+        by_prefix.setdefault(key.split("/", 1)[0] if "/" in key else "", []).append(key)
+    panels = []
+    for prefix, members in by_prefix.items():
+        if not members:
+            continue
+        log_y = _log_scale([v for k in members for v in series[k][1]], group.log_y)
+        title = prefix or ("total" if group.name == "losses" else group.title)
+        curves = [Curve(k, series[k][0], series[k][1]) for k in members]
+        panels.append(Panel(title, curves, ylabel=group.ylabel + (" (log scale)" if log_y else ""), log_y=log_y, percent=group.percent))
+    return panels
+
+
+def build_figures(
+    series: Mapping[str, tuple[list[int], list[float]]],
+    schema: Mapping[str, MetricInfo] | None = None,
+    smoothing: float = 0.6,
+) -> dict[str, Any]:
+    """One matplotlib figure per plot (:func:`plot_groups`) whose keys have a finite value, by
+    plot name. Raises :class:`~hcframe.figures.MatplotlibMissing` without matplotlib."""
+    require_matplotlib()
+    schema = schema or {}
+    drawn = [k for k in series if any(math.isfinite(v) for v in series[k][1])]
+    figures = {}
+    for group in plot_groups(drawn, schema):
+        keys = [k for k in drawn if classify_key(k, schema) == group.name]
+        panels = _panels(group, keys, series)
+        figures[group.name] = curves_figure(group.title, panels, smoothing=smoothing if group.smooth else 0.0)
+    return figures
+
+
 def write_plots(
     series: Mapping[str, tuple[list[int], list[float]]],
     out_dir: Path,
     schema: Mapping[str, MetricInfo] | None = None,
-    size: tuple[int, int] = (900, 520),
+    smoothing: float = 0.6,
 ) -> list[Path]:
-    """One PNG per plot (:func:`plot_groups`) whose keys have at least one finite value."""
-    schema = schema or {}
-    drawn = [k for k in series if any(math.isfinite(v) for v in series[k][1])]
+    """Each figure of :func:`build_figures` as ``<plot>.png`` and ``<plot>.svg`` in ``out_dir``."""
     written = []
-    for group in plot_groups(drawn, schema):
-        keys = [k for k in drawn if classify_key(k, schema) == group.name]
-        lines = [LineSeries(k, series[k][0], series[k][1]) for k in keys]
-        log_y = _log_scale([v for k in keys for v in series[k][1]], group.log_y)
-        chart = line_chart(lines, title=group.title, xlabel="step", ylabel=group.ylabel + (" (log scale)" if log_y else ""), log_y=log_y, size=size, integer_x=True)
-        written.append(chart.save(out_dir / f"{group.name}.png"))
+    for name, figure in build_figures(series, schema, smoothing).items():
+        written.extend(save_figure(figure, out_dir, name))
     return written
 
 
@@ -258,14 +297,21 @@ def _report_markdown(
         rows = [[k, format_metric(v, kinds[k]) + (" %" if is_percent(kinds[k]) else "")] for k, v in final.items()]
         parts += [_markdown_table(["metric", "value"], rows), ""]
     if plots:
-        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p.suffix == ".png"] + [""]
     return "\n".join(parts)
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, size: tuple[int, int] = (900, 520)) -> list[Path]:
-    """Write the PNG plots and ``eval.md`` of ``run_dir`` into ``out_dir`` (default
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, smoothing: float = 0.6) -> list[Path]:
+    """Write the figures (PNG and SVG) and ``eval.md`` of ``run_dir`` into ``out_dir`` (default
     ``run_dir/report``); returns the written paths. Raises :class:`ReportError` (one line) when
-    the run directory or its ``metrics.jsonl`` is missing or unreadable."""
+    matplotlib is missing, the smoothing is outside [0, 1), or the run directory or its
+    ``metrics.jsonl`` is missing or unreadable."""
+    try:
+        require_matplotlib()
+    except MatplotlibMissing as exc:
+        raise ReportError(str(exc)) from None
+    if not 0.0 <= smoothing < 1.0:
+        raise ReportError(f"smoothing must be in [0, 1) (0: off), got {smoothing}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found")
@@ -281,7 +327,7 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, size
     eval_file = _read_json(run_dir / "eval.json")
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(series, out, schema, size)
+    plots = write_plots(series, out, schema, smoothing)
     markdown = out / "eval.md"
     markdown.write_text(_report_markdown(run_dir, summary, eval_file, plots, schema))
     return plots + [markdown]

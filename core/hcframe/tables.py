@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import attrs
 
-from hcframe.components import BatchTransform, Encoder, Head, Hook, PretextTask, Teacher
+from hcframe.components import BatchTransform, Encoder, Head, Hook, Logger, PretextTask, Teacher
 from hcframe.data import VideoDataset
 from hcframe.registry import Registry, UnknownComponentError, get_registry
 
@@ -35,8 +35,10 @@ __all__ = [
     "build_component",
     "build_engine_table",
     "check_value",
+    "closest",
     "factory_signature",
     "fraction",
+    "increasing_positive",
     "non_negative",
     "plain",
     "positive",
@@ -52,6 +54,7 @@ KIND_OF_BASE: dict[type, str] = {
     PretextTask: "task",
     Teacher: "teacher",
     Hook: "hook",
+    Logger: "logger",
 }
 
 
@@ -73,6 +76,12 @@ def non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 def fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{attribute.name}: must be between 0 and 1, got {value}")
+
+
+def increasing_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    """Milestones: increasing numbers > 0 (steps, or epochs)."""
+    if any(m <= 0 for m in value) or any(b <= a for a, b in zip(value, value[1:])):
+        raise ValueError(f"{attribute.name}: expected increasing numbers > 0, got {list(value)}")
 
 
 # --- component specs -----------------------------------------------------------------------------
@@ -163,10 +172,45 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours turning ``a`` into ``b``
+    (optimal string alignment distance)."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, start=1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, start=1):
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], previous2[j - 2] + 1)
+        previous2, previous = previous, row
+    return previous[-1]
+
+
+def closest(key: str, options: list[str]) -> str | None:
+    """The option ``key`` was most likely meant to be, or ``None``.
+
+    Ranked by edit distance first (``lrate`` is 3 edits from ``lr`` and 4 from ``lr_scale``;
+    difflib's similarity ratio alone prefers the longer ``lr_scale``), then by difflib's ratio. An
+    option qualifies within ceil(len(key) / 2) edits, or with a ratio of at least 0.6 (difflib's
+    default cut-off, for keys missing a long part: ``weight`` -> ``weight_decay``)."""
+    folded = key.lower()
+    best: tuple[int, float, str] | None = None
+    for option in options:
+        distance = _edit_distance(folded, option.lower())
+        ratio = difflib.SequenceMatcher(None, folded, option.lower()).ratio()
+        if distance > max(1, (len(key) + 1) // 2) and ratio < 0.6:
+            continue
+        rank = (distance, -ratio, option)
+        if best is None or rank < best:
+            best = rank
+    return best[2] if best is not None else None
+
+
 def suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
+    match = closest(key, options)
+    if match is not None:
+        return f"did you mean {match!r}?"
     return f"allowed keys: {', '.join(options)}" if options else "this table takes no keys"
 
 

@@ -209,8 +209,35 @@ def test_nonfinite_weights_stop_the_run_at_the_next_step(toy_recipe, tmp_path):
     assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None
 
 
-def test_an_infinite_learning_rate_is_refused_before_the_first_update(toy_recipe, tmp_path):
-    recipe = toy_recipe(optim={"lr": float("inf")}, train={"steps": 3, "batch_size": 8})
+def test_optim_lr_inf_is_refused_before_any_work(toy_recipe_file, tmp_path):
+    # The issue's case: `--set optim.lr=inf` used to write a checkpoint with 105 of 204 tensors
+    # non-finite at step 1. Now the recipe is refused (exit 2) before the run directory exists.
+    recipe = toy_recipe_file(train={"steps": 3, "batch_size": 8, "device": "cpu", "checkpoint_every": 1})
+    result = CliRunner().invoke(cli, ["run", str(recipe), "--output", str(tmp_path / "run"), "--set", "optim.lr=inf"])
+    assert result.exit_code == 2
+    assert "optim.lr: inf is not a finite number; give a finite value" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_overflowing_learning_rate_never_reaches_a_checkpoint(toy_recipe, tmp_path):
+    # A finite learning rate so large that the first update overflows the weights: the run stops,
+    # naming the weights, and no checkpoint on disk holds a NaN or an infinity.
+    recipe = toy_recipe(optim={"lr": 1e38}, train={"steps": 4, "batch_size": 8, "checkpoint_every": 1})
+    with pytest.raises(RunFailed) as failure:
+        _train(recipe, tmp_path / "run")
+    message = str(failure.value)
+    assert message.startswith("not writing the checkpoint of step 1 to ")
+    assert "model tensors are not finite (first: " in message and message.endswith("lower optim.lr or set train.clip_grad")
+    for path in (tmp_path / "run").rglob("*.pt"):
+        assert all(bool(torch.isfinite(v).all()) for v in load_checkpoint(path)["model"].values() if v.is_floating_point()), path
+
+
+def test_an_infinite_learning_rate_from_the_api_is_refused_before_the_first_update(toy_recipe, tmp_path):
+    # A Recipe built in code skips the parser's check; the trainer refuses it before updating.
+    import attrs
+
+    recipe = toy_recipe(train={"steps": 3, "batch_size": 8})
+    recipe = attrs.evolve(recipe, optim=attrs.evolve(recipe.optim, lr=float("inf")))
     with pytest.raises(RunFailed, match=r"the learning rate is inf at step 1 \(optim.lr = inf\)"):
         _train(recipe, tmp_path / "run")
     assert latest_checkpoint(tmp_path / "run" / "checkpoints") is None

@@ -25,7 +25,7 @@ class ToyTeacher(hcframe.Teacher):
     def identity(self):
         return {"size": self.size}
 
-    def forward(self, frames):
+    def forward(self, frames, output_size=None):
         raise NotImplementedError
 
 

@@ -60,7 +60,7 @@ def test_every_k_stores_the_sampled_frames_only(tmp_path, video_folder, tiny_par
     cache_teacher(teacher, dataset, tmp_path / "c", every_k=3, resolution=RES, kind="logits", progress=False)
     store = open_teacher_cache(tmp_path / "c", teacher)
     assert store.frame_indices("clips/v0.mkv").tolist() == [0, 3, 6]  # 7 frames
-    assert store.frame_indices("clips/v1.mkv").tolist() == [0, 3]  # 5 frames
+    assert store.frame_indices("clips/v1.mkv").tolist() == [0, 3, 4]  # 5 frames: and the last one
     online, _ = _online_probs(teacher, dataset, 0)
     read = store.read("clips/v0.mkv", [4]).transpose(0, 1)  # nearest stored frame: 3
     assert torch.allclose(read[0], online[3], atol=2e-3)  # float16 logits
@@ -145,4 +145,4 @@ input_size = [16, 24]
     again = runner.invoke(cache_teacher_command, args)
     assert again.exit_code == 0 and "0 videos written (0 frames), 3 already cached" in again.output
     stale = runner.invoke(cache_teacher_command, [*args, "--set", "tasks.parsing.teacher.input_size=[32, 32]"])
-    assert stale.exit_code == 1 and "cannot resume teacher cache" in stale.output
+    assert stale.exit_code == 2 and "cannot resume teacher cache" in stale.output  # refused before any work

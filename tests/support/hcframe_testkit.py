@@ -21,10 +21,11 @@ DIRECTIONS = [(0, 1), (1, 0), (0, -1), (-1, 0)]
 
 
 class MovingSquares(hcframe.VideoDataset):
-    """A square moving in one of four directions (the class)."""
+    """A square moving in one of four directions (the class). ``test_views`` > 0: every video has
+    that many views whatever ``num_views`` asks (as a test-mode dataset's fixed clips do)."""
 
-    def __init__(self, num_videos: int = 32, frames: int = 4, size: int = 16, seed: int = 0) -> None:
-        self.n, self.frames, self.size, self.seed = num_videos, frames, size, seed
+    def __init__(self, num_videos: int = 32, frames: int = 4, size: int = 16, seed: int = 0, test_views: int = 0) -> None:
+        self.n, self.frames, self.size, self.seed, self.test_views = num_videos, frames, size, seed, test_views
         self.class_names = ("right", "down", "left", "up")
 
     @classmethod
@@ -49,9 +50,10 @@ class MovingSquares(hcframe.VideoDataset):
         g = sample_generator(self.seed, epoch, index)
         label = index % 4
         dy, dx = DIRECTIONS[label]
-        views = torch.zeros(self.num_views, 3, self.frames, self.size, self.size, dtype=torch.uint8)
-        starts = torch.zeros(self.num_views, self.frames, dtype=torch.long)
-        for v in range(self.num_views):
+        num_views = self.test_views or self.num_views
+        views = torch.zeros(num_views, 3, self.frames, self.size, self.size, dtype=torch.uint8)
+        starts = torch.zeros(num_views, self.frames, dtype=torch.long)
+        for v in range(num_views):
             y0, x0 = (int(c) for c in torch.randint(4, self.size - 8, (2,), generator=g))
             t0 = int(torch.randint(0, 8, (1,), generator=g))
             for t in range(self.frames):

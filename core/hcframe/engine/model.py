@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hcframe.components import Encoder, EncoderOutput, PretextTask, TaskInput, TaskOutput
+from hcframe.components import Encoder, EncoderOutput, LabelMaps, PretextTask, TaskInput, TaskOutput
 from hcframe.engine.combiner import TaskCombiner
 from hcframe.metrics import MetricInfo
 
@@ -114,7 +114,10 @@ class MultiTaskModel(nn.Module):
             self.task_encoders[t] = TaskEncoder(self.trunk, self.branches[source], self._pool)
         for name, task in self.tasks.items():
             dim = self.feature_dim if task.reads_branch is None else self.representation_dim(task.reads_branch)
-            task.setup(self.task_encoders[name], dim)
+            try:
+                task.setup(self.task_encoders[name], dim)
+            except ValueError as exc:  # a head that cannot be built on this encoder: name the task
+                raise ValueError(f"tasks.{name}: {exc}") from exc
 
     @property
     def num_views(self) -> int:
@@ -191,3 +194,50 @@ class MultiTaskModel(nn.Module):
         outputs = {n: outputs[n] for n in self.tasks}  # recipe order
         total, weighted = self.combiner({n: o.total for n, o in outputs.items()})
         return total, outputs, weighted
+
+    def can_visualise(self) -> bool:
+        """Whether a task has images to show (overrides :meth:`PretextTask.visualise`)."""
+        return any(type(task).visualise is not PretextTask.visualise for task in self.tasks.values())
+
+    @torch.no_grad()
+    def visualise(self, batch: dict[str, Any], step: int = 0, max_steps: int = 1, max_clips: int = 4) -> dict[str, LabelMaps]:
+        """What each task shows of ``batch`` (:meth:`PretextTask.visualise`), by task name, for the
+        tasks that show something. Runs in eval mode (batch-norm statistics are neither used from
+        the batch nor updated) without gradients, on the first view, and leaves the model's mode
+        as it was; it draws no random numbers, so it does not change the run."""
+        showing = {n: t for n, t in self.tasks.items() if type(t).visualise is not PretextTask.visualise}
+        if not showing:
+            return {}
+        was_training = self.training
+        self.eval()
+        try:
+            clipped = _first_clips(batch, max_clips)
+            shared = self.trunk(clipped["views"][0])
+            out: dict[str, LabelMaps] = {}
+            for name, task in showing.items():
+                encoder = self.task_encoders[name]
+                fmap = encoder.branch(shared)
+                inp = TaskInput(batch=clipped, features=[EncoderOutput(fmap, self._pool(fmap))], encoder=encoder, step=step, max_steps=max_steps)
+                maps = task.visualise(inp, max_clips)
+                if maps is not None:
+                    out[name] = maps
+            return out
+        finally:
+            self.train(was_training)
+
+
+# Batch keys with one entry per clip (see hcframe.data and hcframe.BatchTransform).
+_PER_CLIP_LISTS = ("views", "parts")
+_PER_CLIP_TENSORS = ("label", "index", "frame_indices", "views_hw", "parts_hw")
+
+
+def _first_clips(batch: dict[str, Any], n: int) -> dict[str, Any]:
+    """``batch`` cut to its first ``n`` clips (other keys, e.g. ``pixel_mean``, as they are)."""
+    out = dict(batch)
+    for key in _PER_CLIP_LISTS:
+        if key in batch:
+            out[key] = [v[:n] for v in batch[key]]
+    for key in _PER_CLIP_TENSORS:
+        if isinstance(batch.get(key), Tensor):
+            out[key] = batch[key][:n]
+    return out

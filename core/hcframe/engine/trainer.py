@@ -3,15 +3,15 @@
 :class:`Trainer` is a :class:`~hcframe.engine.loop.TrainerBase`: :meth:`Trainer.run_step` does one
 optimisation step (its micro-batches' forward and backward passes, then the optimiser), and
 everything around the steps is a hook (:mod:`hcframe.engine.hooks`, the recipe's ``[[hooks]]``,
-the ``hooks`` argument): checkpoints, ``metrics.jsonl``, unreadable videos, the gradient-cosine
-probe, the progress display, and (from :func:`hcframe.run.run_recipe`) the evaluation at the end.
+the ``hooks`` argument): checkpoints, ``metrics.jsonl`` and the recipe's ``[[loggers]]``, unreadable
+videos, the gradient-cosine probe, the progress display, and (from :func:`hcframe.run.run_recipe`)
+the evaluation at the end.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import random
 import sys
 import time
 import warnings
@@ -19,30 +19,39 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from hcframe import config
 from hcframe.components import Hook, TaskOutput
+from hcframe.config import BuiltRun, build_run, resolve_device
 from hcframe.data import BAD, BadVideo, VideoDataset, collate
 from hcframe.engine import distributed as hd
-from hcframe.engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng
-from hcframe.engine.combiner import TaskCombiner
-from hcframe.engine.hooks import BadVideoAccountant, Checkpointer, GradientCosineProbe, MetricWriter, ProgressDisplay
+from hcframe.engine.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    check_training_state,
+    compare_state_dicts,
+    find_resumable_checkpoint,
+    load_checkpoint,
+    restore_rng,
+)
+from hcframe.engine.hooks import BadVideoAccountant, Checkpointer, GradientCosineProbe, MetricWriter, NonFiniteSteps, ProgressDisplay
 from hcframe.engine.loop import RunFailed, TrainerBase
 from hcframe.engine.metric_log import MetricLog, stack_values
 from hcframe.engine.model import MultiTaskModel
-from hcframe.engine.nonfinite import NonFiniteSteps, all_ranks_finite, gradients_finite, step_if_finite
+from hcframe.engine.nonfinite import all_ranks_finite, gradients_finite, step_if_finite
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.precision import autocast, grad_scaler
-from hcframe.engine.pretrained import initialise_from_recipe
 from hcframe.engine.sampler import EpochSampler
+from hcframe.files import write_text_atomic
 from hcframe.metrics import MetricInfo
 from hcframe.recipe import Recipe
 from hcframe.registry import Registry, get_registry
+from hcframe.tables import RecipeError
 
 __all__ = ["RunFailed", "Trainer", "build_model", "choose_device", "cpu_threads", "to_device"]
 
@@ -50,13 +59,12 @@ CHECKPOINT_FORMAT = 2
 
 
 def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RunFailed("train.device = \"cuda\" but no CUDA device is available; use \"auto\" or \"cpu\"")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
+    """``train.device`` resolved (:func:`hcframe.config.resolve_device`); :class:`RunFailed` when
+    it names a device this machine lacks."""
+    try:
+        return resolve_device(name)
+    except RecipeError as exc:
+        raise RunFailed(str(exc)) from None
 
 
 def cpu_threads(requested: int, data_workers: int, processes: int = 1) -> int:
@@ -74,23 +82,18 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def build_model(recipe: Recipe, registry: Registry | None = None, log: Callable[[str], None] | None = None) -> MultiTaskModel:
-    """Encoder + tasks + combiner as the recipe describes them (random initialisation, or the
-    encoder's weights from ``[model] init``)."""
-    registry = registry or get_registry()
-    encoder = recipe.encoder.build(registry)
-    tasks = {name: spec.build(registry) for name, spec in recipe.tasks.items()}
-    c = recipe.combiner
-    try:
-        if recipe.model.init:  # before the split: trunk, every branch and the tasks' copies start from it
-            initialise_from_recipe(encoder, recipe, log)
-        combiner = TaskCombiner(tasks, c.weights, c.weighting, c.shared_grad_scale, c.pcgrad, c.grad_cosine_every)
-        return MultiTaskModel(encoder, tasks, recipe.model.split, combiner)
-    except ValueError as exc:
-        raise RunFailed(f"{recipe.source}: {exc}") from None
+    """Encoder + tasks + combiner as the recipe describes them (random initialisation from the
+    current random state, or the encoder's weights from ``[model] init``); see
+    :func:`hcframe.config.build_model`. Raises :class:`~hcframe.tables.RecipeError`."""
+    return config.build_model(recipe, registry, log)
 
 
 class Trainer(TrainerBase):
     """Runs the pre-training stage of a recipe in ``run_dir``.
+
+    ``run`` is what :func:`hcframe.config.build_run` built from the recipe (model, data,
+    transform, hooks; one trainer per build), or a :class:`~hcframe.recipe.Recipe`, built so when
+    training is set up (a recipe that cannot run raises :class:`~hcframe.tables.RecipeError`).
 
     Writes ``recipe.toml`` (resolved); its hooks write ``metrics.jsonl``, ``metrics_schema.json`` and
     ``checkpoints/``. :meth:`train` returns :attr:`summary`, the training stage's fields of
@@ -101,16 +104,17 @@ class Trainer(TrainerBase):
     :meth:`build_hooks`). What hooks find here, besides :class:`~hcframe.engine.loop.TrainerBase`'s
     attributes: ``recipe``, ``run_dir``, ``checkpoint_dir``, ``log``, ``rank``, ``world``,
     ``is_main``, ``device``, ``model``, ``combiner``, ``optimizer``, ``dataset``, ``epoch``, ``lr``
-    (the learning rate of the current step), ``metrics`` (:class:`MetricLog`: ``put`` a value to
-    log it at this step), ``summary``, ``step_bad_videos`` (videos the last step skipped),
-    ``measure_cosines``, ``step_losses`` (the last step's loss names and values, a tensor on the
-    device) and ``step_finite`` (whether the last step was finite and taken: a bool tensor on the
-    device; reading it waits for the device).
+    (the learning rate of the current step), ``keep_batch`` / ``last_batch`` (a hook that sets
+    ``keep_batch`` before a step finds the step's last batch in ``last_batch`` after it),
+    ``metrics`` (:class:`MetricLog`: ``put`` a value to log it at this step), ``summary``,
+    ``step_bad_videos`` (videos the last step skipped), ``measure_cosines``, ``step_losses`` (the
+    last step's loss names and values, a tensor on the device) and ``step_finite`` (whether the last
+    step was finite and taken: a bool tensor on the device; reading it waits for the device).
     """
 
     def __init__(
         self,
-        recipe: Recipe,
+        run: Recipe | BuiltRun,
         run_dir: Path,
         *,
         resume: bool = False,
@@ -120,7 +124,8 @@ class Trainer(TrainerBase):
         hooks: Sequence[Hook] = (),
     ) -> None:
         super().__init__()
-        self.recipe = recipe
+        self.built: BuiltRun | None = run if isinstance(run, BuiltRun) else None
+        self.recipe: Recipe = run.recipe if isinstance(run, BuiltRun) else run
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.resume = resume
@@ -128,8 +133,8 @@ class Trainer(TrainerBase):
         self.show_progress = progress
         self.log = log
         self.extra_hooks = list(hooks)
-        self.max_steps = recipe.train.steps  # the one place train.steps is read
-        self.accumulate = recipe.train.accumulate
+        self.max_steps = self.recipe.train.steps  # the one place train.steps is read
+        self.accumulate = self.recipe.train.accumulate
         self.summary: dict[str, Any] = {}
         self.metrics = MetricLog()
         self.epoch = 0
@@ -139,18 +144,23 @@ class Trainer(TrainerBase):
         self.step_bad_videos: list[BadVideo] = []
         self.step_losses: tuple[tuple[str, ...], Tensor] = ((), torch.zeros(0))
         self.step_finite: Tensor = torch.ones((), dtype=torch.bool)
+        self.keep_batch = False  # set by a hook: keep this step's last batch in last_batch
+        self.last_batch: dict[str, Any] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Processes and seeds, model and data, optimisation, the data loader."""
+        """Model and data (built by :func:`~hcframe.config.build_run`, here when the trainer was
+        given a recipe), processes, optimisation, the data loader."""
+        if self.built is None:
+            self.built = build_run(self.recipe, registry=self.registry, log=self.log)
         self._init_process()
-        self._build_model_and_data()
+        self._take_model_and_data()
         self._build_optimisation()
         self._build_loader()
 
     def _init_process(self) -> None:
         t = self.recipe.train
-        self.device = choose_device(t.device)
+        self.device = self.built.device
         self.distributed = hd.init_from_environment(self.device.type)
         self.rank, self.world = hd.rank(), hd.world_size()
         self.is_main = self.rank == 0
@@ -159,26 +169,16 @@ class Trainer(TrainerBase):
         self.local_batch = t.batch_size // self.world
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_threads(t.cpu_threads, t.num_workers, self.world))
-        # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
-        torch.manual_seed(t.seed)
-        random.seed(t.seed)
-        np.random.seed(t.seed % 2**32)
+        # The seeds were set by build_run before it built the model, the same on every rank.
 
-    def _build_model_and_data(self) -> None:
-        r = self.recipe
-        self.model = build_model(r, self.registry, log=self.log)
+    def _take_model_and_data(self) -> None:
+        b = self.built
+        if b.dataset is None:
+            raise RunFailed(f"{self.recipe.source}: built without its training dataset (train_data=False or check_only=True); training needs build_run(recipe)")
+        self.model = b.model
         self.combiner = self.model.combiner
-        self.dataset: VideoDataset = r.data.build(self.registry)
-        self.dataset.num_views = self.model.num_views
-        for name, task in self.model.tasks.items():
-            if "parts" in task.needs:
-                self.dataset.target_store = task.target_store(self.dataset)
-            if "label" in task.needs and not self.dataset.class_names:
-                raise RunFailed(f"{r.source}: tasks.{name} needs labels but dataset {r.data.name!r} has none")
-        self.transform = r.transform.build(self.registry).to(self.device)
-        if self.dataset.target_store is not None:
-            self.transform.set_part_labels(self.dataset.target_store.label_names)
-        self.transform.set_flip_allowed(bool(getattr(self.dataset, "flip_preserves_label", True)))
+        self.dataset: VideoDataset = b.dataset  # num_views, target_store set by build_run
+        self.transform = b.transform.to(self.device)  # told about part labels and flips by build_run
 
     def _build_optimisation(self) -> None:
         t = self.recipe.train
@@ -243,8 +243,9 @@ class Trainer(TrainerBase):
             BadVideoAccountant(t.on_bad_video, t.max_bad_fraction),
             GradientCosineProbe(),
         ]
-        last: list[Hook] = [MetricWriter(t.log_every), ProgressDisplay(bar=self.show_progress)]
-        return first + [spec.build(self.registry) for spec in self.recipe.hooks] + self.extra_hooks + last
+        loggers = [spec.build(self.registry) for spec in self.recipe.loggers]
+        last: list[Hook] = [MetricWriter(t.log_every, loggers), ProgressDisplay(bar=self.show_progress)]
+        return first + list(self.built.hooks) + self.extra_hooks + last
 
     def metric_info(self) -> list[MetricInfo]:
         """What a run logs: the trainer's own keys, the model's (tasks, combiner), the hooks'."""
@@ -252,6 +253,7 @@ class Trainer(TrainerBase):
             MetricInfo("loss", "loss", progress=True),
             MetricInfo("lr", "other", plot="learning_rate"),
             MetricInfo("clips_per_s", "other", plot="throughput"),
+            MetricInfo("data_wait_s", "other", plot="data_wait"),
         ]
         return own + self.model.metric_info() + [i for h in self.hooks for i in h.metric_info()]
 
@@ -266,7 +268,7 @@ class Trainer(TrainerBase):
     def before_train(self) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.toml").write_text(self.recipe.to_toml())
+            write_text_atomic(self.run_dir / "recipe.toml", self.recipe.to_toml())
         if self.resume:
             self.restore()
         self._batches = self._batch_stream()
@@ -300,7 +302,12 @@ class Trainer(TrainerBase):
             raise RunFailed(f"the learning rate is {self.lr} at step {self.step + 1} (optim.lr = {self.recipe.optim.lr}); use a finite optim.lr")
         losses: list[tuple[tuple[str, ...], Tensor]] = []
         for i in range(self.accumulate):
+            waited = time.perf_counter()
             batch = next(self._batches)
+            # Seconds the step waited for this batch (decoding, and the transform on the device).
+            self.metrics.add("data_wait_s", time.perf_counter() - waited)
+            if self.keep_batch:  # for a logger's images (see MetricWriter): the step's last batch
+                self.last_batch = batch
             last = i == self.accumulate - 1
             # Gradients are synchronised across ranks on the last micro-batch only (PCGrad reduces
             # its own gradients, and its forward must not skip the synchronisation set-up).
@@ -432,24 +439,51 @@ class Trainer(TrainerBase):
         }
 
     def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> None:
+        """Continue from ``state`` (a :meth:`state_dict`); :class:`RunFailed` (one line naming
+        ``source``) when its model or optimiser does not fit this recipe's."""
         if state["recipe_sha256"] != self.recipe.sha256():
             warnings.warn(f"{source}: the recipe changed since this checkpoint was written; resuming with the new recipe", stacklevel=2)
         if state.get("world_size", 1) != self.world:
             warnings.warn(f"{source}: written by {state.get('world_size')} processes, resuming on {self.world}: the data order changes", stacklevel=2)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        mismatch = compare_state_dicts(self.model.state_dict(), state["model"])
+        if mismatch:
+            raise RunFailed(f"{source}: its model does not fit this recipe's: {mismatch.describe()}; resume with the recipe it was written with")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            restore_rng(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RunFailed(f"{source}: cannot resume from it ({type(exc).__name__}: {first}); resume with the recipe it was written with") from exc
         self.step = state["step"]
         self.epoch, self.micro = state["sampler"]["epoch"], state["sampler"]["batches_done"]
         for key in self.load_hook_states(state.get("hooks", {})):
             warnings.warn(f"{source}: no hook of this run takes the saved state {key!r}; it is left out", stacklevel=2)
 
     def restore(self) -> None:
-        """Continue from the newest checkpoint in :attr:`checkpoint_dir`, if there is one."""
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None:
+        """Continue from the newest checkpoint in :attr:`checkpoint_dir` that can be resumed from
+        (newer ones that cannot are named in the log, renamed ``*.unreadable`` and skipped);
+        from step 0 when there is none. The main process chooses the file; every process loads it."""
+        found: tuple[Path, dict[str, Any]] | None = None
+        choice: tuple[str | None, str | None] = (None, None)  # (path, error)
+        if self.is_main:
+            try:
+                found = find_resumable_checkpoint(self.checkpoint_dir, self.log)
+                choice = (str(found[0]) if found else None, None)
+            except CheckpointError as exc:
+                choice = (None, str(exc))
+        path_text, error = hd.broadcast_from_main(choice)
+        if error is not None:
+            raise RunFailed(error)
+        if path_text is None:
             self.log(f"no checkpoint in {self.checkpoint_dir}; starting from step 0")
             return
-        self.load_state_dict(load_checkpoint(path), source=str(path))
+        path = Path(path_text)
+        if found is None:  # another rank: the file rank 0 chose, which loaded there
+            try:
+                found = path, check_training_state(load_checkpoint(path), path)
+            except CheckpointError as exc:
+                raise RunFailed(str(exc)) from None
+        self.load_state_dict(found[1], source=str(path))
         self.log(f"resumed from {path} at step {self.step}")

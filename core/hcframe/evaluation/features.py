@@ -12,6 +12,11 @@ one process's iteration, dealt out in turn, so each video is encoded in the very
 in one process) and the features are gathered in the dataset's order: the result is the
 one-process result. The main process reads and writes the cache; the others extract, or skip when
 it had the features already.
+
+Each file's size and SHA-256 are recorded beside it when it is written (``<key>.pt.digest.json``,
+see :func:`hcframe.files.record_digest`); a file that does not match them (damaged, truncated,
+replaced, or written before records were kept), does not load or does not have the cache's
+structure is extracted again, with one log line saying why.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from torch.utils.data import DataLoader
 
 from hcframe.data import BAD, collate
 from hcframe.engine import distributed as hd
-from hcframe.files import atomic_path
+from hcframe.files import check_digest, record_digest, save_torch_atomic
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.precision import autocast
+from hcframe.progress import ProgressBar
 
 __all__ = [
     "FeatureSet",
@@ -123,25 +129,32 @@ class TestViews:
     """Iterate ``(views, batch)`` over the readable videos of ``dataset``: ``views`` is the list of
     deterministic (``train=False``) device views. Unreadable videos are logged once each and counted
     in ``num_bad``; batches with no readable video are skipped. In a distributed run each process
-    iterates its :func:`batch_shard` (``sharded=False``: every video)."""
+    iterates its :func:`batch_shard` (``sharded=False``: every video). Progress with the time left
+    is shown as ``description`` (a bar with ``progress=True``, for a terminal; else a log line now
+    and then, see :class:`hcframe.progress.ProgressBar`)."""
 
     def __init__(self, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                 num_workers: int, log: Callable[[str], None], sharded: bool = True) -> None:
+                 num_workers: int, log: Callable[[str], None], sharded: bool = True, progress: bool = False,
+                 description: str = "") -> None:
         self.dataset, self.transform, self.device, self.log = dataset, transform, device, log
         world, rank = (hd.world_size(), hd.rank()) if sharded else (1, 0)
         indices = batch_shard(len(dataset), batch_size, world, rank) if world > 1 else None
         self.num_items = len(indices) if indices is not None else len(dataset)
         self.loader = make_loader(dataset, batch_size, num_workers, sampler=indices)
         self.num_bad = 0
+        self.progress = progress
+        self.description = description or f"{type(dataset).__name__}: {len(dataset)} videos"
 
     def __iter__(self) -> Iterator[tuple[list[Tensor], dict[str, Any]]]:
-        for batch in self.loader:
-            bad = batch.pop(BAD)
-            for b in bad:
-                self.log(f"skipping unreadable video {b.path}: {b.reason}")
-            self.num_bad += len(bad)
-            if "views" in batch:
-                yield device_views(batch, self.transform, self.device, train=False), batch
+        with ProgressBar(self.description, len(self.loader), terminal=self.progress, log=self.log, unit="batches") as bar:
+            for batch in self.loader:
+                bar.advance()
+                bad = batch.pop(BAD)
+                for b in bad:
+                    self.log(f"skipping unreadable video {b.path}: {b.reason}")
+                self.num_bad += len(bad)
+                if "views" in batch:
+                    yield device_views(batch, self.transform, self.device, train=False), batch
 
 
 def gather_in_dataset_order(indices: Tensor | None, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -173,14 +186,18 @@ def extract_features(
     num_workers: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> FeatureSet:
     """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``.
 
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
     Videos that cannot be read are skipped and counted (each is logged once). Under torchrun each
     process encodes its share (:class:`TestViews`) and every process returns all the features.
+    ``progress``: a progress bar (for a terminal); otherwise progress lines go to ``log`` when it
+    takes a while.
     """
-    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
+                         progress=progress, description=f"features ({branch}) of {len(dataset)} videos")
     features: list[Tensor] = []
     labels: list[Tensor] = []
     indices: list[Tensor] = []
@@ -219,12 +236,15 @@ def load_or_extract_features(
     precision: str = "auto",
     registry: Any = None,
     log: Callable[[str], None] = lambda m: None,
-) -> tuple[FeatureSet, Path, bool]:
+    progress: bool = False,
+    dataset: Any = None,
+) -> tuple[FeatureSet | None, Path, bool]:
     """Features of the dataset ``dataset_spec`` (a ComponentSpec), from the cache when present.
 
-    Returns the features, the cache file and whether it was a cache hit. The dataset is only built
-    when the features have to be extracted; its ``num_views`` is set to 1 (one clip per video in
-    train mode; test-mode datasets return all their views regardless). Under torchrun every
+    Returns the features, the cache file and whether it was a cache hit. The dataset (``dataset``
+    when already built from ``dataset_spec``) is only used when the features have to be
+    extracted; its ``num_views`` is set to 1 (one clip per video in train mode; test-mode
+    datasets return all their views regardless). Under torchrun every
     process calls it: on a cache hit only the main process gets the features (the others None).
     """
     description = {
@@ -245,30 +265,49 @@ def load_or_extract_features(
             log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {branch}) from cache {path}")
             return cached, path, True
         return None, path, True  # the fits run on the main process
-    dataset = dataset_spec.build(registry)
+    dataset = dataset if dataset is not None else dataset_spec.build(registry)
     dataset.num_views = 1
     log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch}"
         f"{f', over {hd.world_size()} processes' if hd.is_distributed() else ''})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
-                          num_workers=num_workers, precision=precision, log=log)
+                          num_workers=num_workers, precision=precision, log=log, progress=progress)
     if hd.is_main_process():
-        with atomic_path(path) as tmp:
-            torch.save({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
-                        "num_classes": fs.num_classes, "num_bad": fs.num_bad}, tmp)
+        save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
+                           "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)
+        record_digest(path)  # a file that does not match it later is extracted again
     return fs, path, False
 
 
-def _read_cache(path: Path, blob: str, log: Callable[[str], None]) -> FeatureSet | None:
-    """The features stored at ``path`` when it describes ``blob``; None (logged) otherwise."""
+def _read_cache(path: Path, description: str, log: Callable[[str], None]) -> FeatureSet | None:
+    """The features in cache file ``path`` when there is one and it is the file that was written
+    (size and SHA-256 as recorded), loads, has the cache's structure and ``description``; else
+    None (with a log line saying why, when there was a file)."""
     if not path.is_file():
         return None
+    cached = _read_feature_cache(path, description)
+    if isinstance(cached, FeatureSet):
+        return cached
+    log(f"feature cache {path}: {cached}; extracting again")
+    return None
+
+
+def _read_feature_cache(path: Path, description: str) -> FeatureSet | str:
+    """The features in cache file ``path`` when it is the file that was written (size and
+    SHA-256 as recorded), loads, has the cache's structure and ``description``; else why not."""
+    problem = check_digest(path)
+    if problem is not None:
+        return problem
     try:
         stored = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: extract again and replace it
-        log(f"feature cache {path} is unreadable ({type(exc).__name__}: {exc}); extracting again")
-        return None
-    if stored.get("description") != blob:
-        log(f"feature cache {path} describes other features; extracting again")
-        return None
-    return FeatureSet(stored["features"], stored["labels"], list(stored["video_ids"]),
-                      int(stored["num_classes"]), int(stored["num_bad"]))
+    except Exception as exc:  # a file that is not what torch.save wrote
+        return f"unreadable ({type(exc).__name__})"
+    if not isinstance(stored, dict):
+        return f"holds a {type(stored).__name__}, not a feature cache"
+    if stored.get("description") != description:
+        return "describes other features"
+    features, labels, ids = stored.get("features"), stored.get("labels"), stored.get("video_ids")
+    if not (isinstance(features, Tensor) and features.ndim == 3 and isinstance(labels, Tensor) and labels.ndim == 1
+            and isinstance(ids, list) and len(ids) == len(labels) == len(features)
+            and isinstance(stored.get("num_classes"), int) and isinstance(stored.get("num_bad"), int)):
+        return "does not have a feature cache's structure"
+    return FeatureSet(features, labels, [str(i) for i in ids], stored["num_classes"], stored["num_bad"])

@@ -28,6 +28,7 @@ from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.sampler import EpochSampler
 from hcframe.engine.precision import autocast, grad_scaler
+from hcframe.progress import ProgressBar
 from hcframe.evaluation.features import TestViews, device_views, gather_in_dataset_order, make_loader, sum_over_ranks
 from hcframe.evaluation.metrics import multiview_metrics
 from hcframe.eval_tables import FinetuneOptions
@@ -86,12 +87,13 @@ class FinetuneClassifier(nn.Module):
 
 @torch.no_grad()
 def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                num_workers: int, precision: str, log: Callable[[str], None]) -> tuple[Tensor, Tensor, int]:
+                num_workers: int, precision: str, log: Callable[[str], None], progress: bool = False) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, V, C]`` of every view of every readable video, their labels ``[N]``, and the
     number of unreadable videos skipped. Under torchrun each process scores its share and every
     process returns all of them, in the dataset's order."""
     net.eval()
-    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
+                         progress=progress, description=f"finetune: testing {len(dataset)} videos")
     scores, labels, indices = [], [], []
     for views, batch in readable:
         with autocast(device, precision):
@@ -129,6 +131,7 @@ def finetune_metrics(
     seed: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> dict[str, float | int]:
     """Fine-tune a copy of ``model``'s encoder path on ``train_dataset`` and test it multi-view.
 
@@ -176,40 +179,42 @@ def finetune_metrics(
         trained = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     scaler = grad_scaler(device, precision)
     step, epoch_loss, bad_count = 0, float("nan"), 0
-    for epoch in range(options.epochs):
-        sampler.set_position(epoch, 0)
-        trained.train()
-        loss_sum, loss_steps = torch.zeros((), device=device), 0  # read once per epoch, not per step
-        for batch in loader:
-            bad = batch.pop(BAD)
-            for b in bad:
-                log(f"skipping unreadable video {b.path}: {b.reason}")
-            bad_count += len(bad)
-            # Every process takes every step (DDP's all-reduce): a batch none of whose videos could
-            # be read on one process is skipped by all of them.
-            if not hd.all_ranks_agree("views" in batch):
-                continue
-            set_learning_rate(optimizer, lr, schedule, step, max_steps)
-            views = device_views(batch, train_transform, device, train=True)
-            clips = torch.cat(views, dim=0)
-            labels = batch["label"].view(-1).long().to(device).repeat(len(views))
-            with autocast(device, precision):
-                logits = trained(clips)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            loss_sum += loss.detach()
-            loss_steps += 1
-        epoch_loss = _sum_over_ranks_float(loss_sum) / max(loss_steps * world, 1)
-        log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
+    with ProgressBar("finetune: training", max_steps, terminal=progress, log=log, unit="steps") as bar:
+        for epoch in range(options.epochs):
+            sampler.set_position(epoch, 0)
+            trained.train()
+            loss_sum, loss_steps = torch.zeros((), device=device), 0  # read once per epoch, not per step
+            for batch in loader:
+                bad = batch.pop(BAD)
+                for b in bad:
+                    log(f"skipping unreadable video {b.path}: {b.reason}")
+                bad_count += len(bad)
+                # Every process takes every step (DDP's all-reduce): a batch none of whose videos could
+                # be read on one process is skipped by all of them.
+                if not hd.all_ranks_agree("views" in batch):
+                    continue
+                set_learning_rate(optimizer, lr, schedule, step, max_steps)
+                views = device_views(batch, train_transform, device, train=True)
+                clips = torch.cat(views, dim=0)
+                labels = batch["label"].view(-1).long().to(device).repeat(len(views))
+                with autocast(device, precision):
+                    logits = trained(clips)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                bar.advance()
+                loss_sum += loss.detach()
+                loss_steps += 1
+            epoch_loss = _sum_over_ranks_float(loss_sum) / max(loss_steps * world, 1)
+            log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
     bad_count = sum_over_ranks(bad_count)
     # Each process scores its share with its own copy (identical after DDP); in eval mode
     # SyncBatchNorm uses its running statistics, without a collective.
     scores, labels, test_bad = view_logits(net, test_dataset, test_transform, device, batch_size=batch_size,
-                                           num_workers=num_workers, precision=precision, log=log)
+                                           num_workers=num_workers, precision=precision, log=log, progress=progress)
     return {
         **multiview_metrics(scores, labels),
         "train_loss": epoch_loss,

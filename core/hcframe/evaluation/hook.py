@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from hcframe.components import Hook
-from hcframe.engine.loop import RunFailed
-from hcframe.eval_tables import COMMON_DEFAULTS
 from hcframe.evaluation.runner import run_evaluations
 
 __all__ = ["EvaluateAtEnd"]
@@ -15,27 +13,17 @@ class EvaluateAtEnd(Hook):
     (completed, or stopped by a hook); the results go to ``summary["eval"]``. Registered last, it
     runs after the final checkpoint is written, so a failing evaluation loses no training. Under
     torchrun every process evaluates a share (see :mod:`hcframe.evaluation.runner`); a fine-tuning
-    ``batch_size`` the processes cannot share equally is refused before training."""
+    ``batch_size`` the processes cannot share equally is refused by :func:`hcframe.config.build_run`."""
 
     def __init__(self, progress: bool = False) -> None:
         self.progress = progress
-
-    def before_train(self) -> None:
-        trainer = self.trainer
-        if trainer.world == 1:
-            return
-        for index, table in enumerate(trainer.recipe.evaluations):
-            batch = table.get("batch_size", COMMON_DEFAULTS["batch_size"])
-            if table.get("protocol") == "finetune" and batch % trainer.world:
-                raise RunFailed(
-                    f"{trainer.recipe.source}: eval[{index}].batch_size = {batch} (fine-tuning's global batch) is not "
-                    f"divisible by the {trainer.world} processes; use a multiple of {trainer.world}"
-                )
 
     def after_train(self) -> None:
         trainer = self.trainer
         if trainer.status not in ("completed", "stopped") or not trainer.recipe.evaluations:
             return
+        built = getattr(trainer, "built", None)  # the [[eval]] datasets build_run already built
         trainer.summary["eval"] = run_evaluations(
-            trainer.recipe, trainer.model, trainer.run_dir, device=trainer.device, log=trainer.log, progress=self.progress
+            trainer.recipe, trainer.model, trainer.run_dir, device=trainer.device, log=trainer.log, progress=self.progress,
+            datasets=built.eval_datasets if built is not None else None,
         )

@@ -1,13 +1,13 @@
 """Running a recipe's ``[[eval]]`` stages, on a trained model or on a checkpoint.
 
+Results are a flat dict ``{"<protocol>/<test dataset>/<branch>[/split<k>]": {metric: value}}``
+(or ``"<label>[/split<k>]"``) plus ``".../mean"`` entries averaging the float metrics over splits
+when several are asked for. Accuracies and recalls are fractions in [0, 1].
+
 Under torchrun every process takes part: feature extraction and the test passes are sharded
 over the processes and gathered (:mod:`hcframe.evaluation.features`), fine-tuning trains under
 DDP; the fits on features (linear probe, multi-view, retrieval) and the metrics are computed on the
 main process, which returns the results (the others return ``{}``).
-
-Results are a flat dict ``{"<protocol>/<test dataset>/<branch>[/split<k>]": {metric: value}}``
-(or ``"<label>[/split<k>]"``) plus ``".../mean"`` entries averaging the float metrics over splits
-when several are asked for. Accuracies and recalls are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from rich.table import Table
 
+from hcframe.config import BuiltRun, EvalDatasetKey, build_run, resolve_device
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
@@ -28,7 +29,7 @@ from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
 from hcframe.evaluation.retrieval import retrieval_metrics
-from hcframe.eval_tables import EvalSpec, build_eval_specs
+from hcframe.eval_tables import EvalSpec
 from hcframe.files import write_json_atomic
 from hcframe.metrics import eval_metric_kind, format_metric, metric_order
 from hcframe.recipe import Recipe
@@ -45,13 +46,25 @@ def _stderr(message: str) -> None:
 
 
 class _Context:
-    """What every evaluation of one call shares: model, device, registry, caches."""
+    """What every evaluation of one call shares: model, device, registry, caches, and the datasets
+    :func:`hcframe.config.build_run` built (``datasets``; others are built when needed)."""
 
-    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log) -> None:
+    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log,
+                 datasets: Mapping[EvalDatasetKey, Any], progress: bool = False) -> None:
         self.recipe, self.model, self.device, self.registry, self.log = recipe, model, device, registry, log
+        self.progress = progress  # progress bars (a terminal), else progress lines through log
         self.cache_dir = run_dir / "features"
         self.precision = recipe.train.precision
+        self.datasets = datasets
         self._fingerprints: dict[str, str] = {}
+
+    def dataset(self, spec: EvalSpec, split: int | None, role: str) -> Any:
+        """The built ``train_data`` (role ``"train"``) or ``test_data`` of ``spec`` for ``split``."""
+        built = self.datasets.get((spec.index, split, role))
+        if built is None:
+            train, test = spec.datasets[split]
+            built = (train if role == "train" else test).build(self.registry)
+        return built
 
     def fingerprint(self, branch: str) -> str:
         if branch not in self._fingerprints:
@@ -62,14 +75,20 @@ class _Context:
         chosen = spec or self.recipe.transform
         return chosen.build(self.registry).to(self.device), chosen.to_table()
 
-    def features(self, spec: EvalSpec, dataset: ComponentSpec):
+    def features(self, spec: EvalSpec, dataset: ComponentSpec, split: int | None, role: str):
         transform, table = self.transform(spec.transform)
+        built = self.datasets.get((spec.index, split, role))
         fs, _, _ = load_or_extract_features(
             self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
             fingerprint=self.fingerprint(spec.branch), batch_size=spec.batch_size, num_workers=spec.num_workers,
-            precision=self.precision, registry=self.registry, log=self.log,
+            precision=self.precision, registry=self.registry, log=self.log, progress=self.progress, dataset=built,
         )
         return fs
+
+
+def _train_test_features(ctx: _Context, spec: EvalSpec, split: int | None):
+    train, test = spec.datasets[split]
+    return ctx.features(spec, train, split, "train"), ctx.features(spec, test, split, "test")
 
 
 def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
@@ -77,8 +96,8 @@ def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
     return {**metrics, "bad_videos": bad} if bad else metrics
 
 
-def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
-    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+def _linear_probe(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    tr, te = _train_test_features(ctx, spec, split)
     if not hd.is_main_process():
         return {}
     o = spec.options
@@ -87,8 +106,8 @@ def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: Com
     return _with_bad(metrics, tr, te)
 
 
-def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
-    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+def _multiview(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    tr, te = _train_test_features(ctx, spec, split)
     if not hd.is_main_process():
         return {}
     o = spec.options
@@ -97,26 +116,27 @@ def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: Compon
     return _with_bad(metrics, tr, te)
 
 
-def _retrieval(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
-    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+def _retrieval(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    tr, te = _train_test_features(ctx, spec, split)
     if not hd.is_main_process():
         return {}
     return _with_bad(retrieval_metrics(tr, te, list(spec.options.ks), log=ctx.log), tr, te)
 
 
-def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec, key: str) -> dict[str, Any]:
+def _finetune(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
     # Without a train_transform: the recipe's transform reduced to the protocol's crop + flip.
     train_transform = ctx.transform(spec.train_transform)[0] if spec.train_transform else ctx.transform(None)[0].finetune_transform()
     test_transform, _ = ctx.transform(spec.transform)
-    train_ds, test_ds = train.build(ctx.registry), test.build(ctx.registry)
+    train_ds, test_ds = ctx.dataset(spec, split, "train"), ctx.dataset(spec, split, "test")
     train_ds.num_views = test_ds.num_views = 1
     return finetune_metrics(
         ctx.model, spec.branch, train_ds, test_ds, spec.options, train_transform, test_transform, ctx.device,
         batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, precision=ctx.precision, log=ctx.log,
+        progress=ctx.progress,
     )
 
 
-PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, ComponentSpec, ComponentSpec, str], dict[str, Any]]] = {
+PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, "int | None", str], dict[str, Any]]] = {
     "linear_probe": _linear_probe,
     "multiview": _multiview,
     "retrieval": _retrieval,
@@ -138,37 +158,38 @@ def run_evaluations(
     log: Log = _stderr,
     progress: bool = False,
     registry: Registry | None = None,
+    datasets: Mapping[EvalDatasetKey, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every ``[[eval]]`` table of ``recipe`` on ``model`` (left unchanged, its train/eval mode
     restored); features are cached under ``run_dir/features``. Each evaluation runs inside
     :func:`torch.random.fork_rng` seeded with its ``seed``: results do not depend on what ran
     before, and the caller's random state is untouched. Under torchrun every process must call it
     (see the module docstring); the main process returns the results and logs, the others return
-    ``{}``. ``progress`` is accepted for the CLI; progress goes to ``log``."""
+    ``{}``. ``progress``: progress bars with the time left (for a terminal); without, loops that
+    take a while write progress lines to ``log``.
+    ``datasets``: the ``[[eval]]`` datasets already built (:attr:`hcframe.config.BuiltRun.eval_datasets`);
+    the others are built from their tables."""
     main = hd.is_main_process()
     if not main:
-        log = _quiet
+        log, progress = _quiet, False
     registry = registry or get_registry()
     if device is None:
-        from hcframe.engine.trainer import choose_device
-
-        device = choose_device(recipe.train.device)
-    specs = build_eval_specs(recipe.evaluations, registry, list(recipe.tasks))
-    ctx = _Context(recipe, model, Path(run_dir), device, registry, log)
+        device = resolve_device(recipe.train.device)
+    ctx = _Context(recipe, model, Path(run_dir), device, registry, log, datasets or {}, progress)
     results: dict[str, dict[str, Any]] = {}
     was_training = model.training
     model.eval()
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        for spec in specs:
+        for spec in recipe.eval_specs:
             per_split = []
-            for split, (train, test) in spec.datasets.items():
+            for split in spec.datasets:
                 key = spec.result_key(split)
                 started = time.perf_counter()
                 log(f"{spec.where}: {key}")
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(spec.seed)
-                    metrics = PROTOCOLS[spec.protocol](ctx, spec, train, test, key)
+                    metrics = PROTOCOLS[spec.protocol](ctx, spec, split, key)
                 results[key] = metrics
                 per_split.append(metrics)
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -227,7 +248,7 @@ def default_eval_dir(checkpoint: Path) -> Path:
 
 
 def evaluate_checkpoint(
-    recipe: Recipe,
+    run: Recipe | BuiltRun,
     checkpoint: Path,
     output_dir: Path,
     *,
@@ -236,34 +257,35 @@ def evaluate_checkpoint(
     progress: bool = False,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Build the recipe's model, load ``checkpoint``'s weights, run the evaluation stages; write
+    """Load ``checkpoint``'s weights into the recipe's model, run the evaluation stages; write
     ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it. Under
     torchrun every process evaluates a share; the main process writes the file (the others'
-    ``eval`` is empty)."""
-    from hcframe.engine.trainer import choose_device
+    ``eval`` is empty).
 
+    ``run``: what :func:`hcframe.config.build_run` built (``train_data=False`` is enough), or a
+    recipe to build so (raising :class:`~hcframe.tables.RecipeError`)."""
     started = time.perf_counter()
     registry = registry or get_registry()
-    device = device or choose_device(recipe.train.device)
+    built = run if isinstance(run, BuiltRun) else build_run(run, registry=registry, train_data=False)
+    device = device or built.device
     started_group = not hd.is_distributed() and hd.init_from_environment(device.type)  # under torchrun: a share each
     try:
-        return _evaluate_checkpoint(recipe, checkpoint, output_dir, device, log, progress, registry, started)
+        return _evaluate_checkpoint(built, checkpoint, output_dir, device, log, progress, registry, started)
     finally:
         if started_group:
             hd.shutdown()
 
 
-def _evaluate_checkpoint(recipe: Recipe, checkpoint: Path, output_dir: Path, device: torch.device, log: Log, progress: bool,
+def _evaluate_checkpoint(built: BuiltRun, checkpoint: Path, output_dir: Path, device: torch.device, log: Log, progress: bool,
                          registry: Registry, started: float) -> dict[str, Any]:
-    from hcframe.engine.trainer import build_model
-
-    model = build_model(recipe, registry)
+    recipe, model = built.recipe, built.model
     info = load_model_weights(model, checkpoint, recipe, registry)
     if hd.is_main_process():
         log(f"weights: {info['weights']}")
     model.to(device)
     output_dir = Path(output_dir)
-    results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry)
+    results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry,
+                              datasets=built.eval_datasets)
     report = {
         "recipe": recipe.source,
         "checkpoint": str(checkpoint),

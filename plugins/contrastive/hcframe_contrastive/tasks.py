@@ -14,6 +14,7 @@ real keys) and ``momentum``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -95,6 +96,8 @@ class SimCLRTask(PretextTask):
     """
 
     num_views = 2
+    #: NT-Xent contrasts a video with the others of the batch: one video has no negatives.
+    min_batch_size = 2
 
     def __init__(
         self,
@@ -126,6 +129,7 @@ class SimCLRTask(PretextTask):
             "batch_norm": batch_norm, "global_batch_norm": True,
         }
         self.head: ProjectionMLP | None = None
+        self._warned_no_negatives = False
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = ProjectionMLP(feature_dim, **self.projection)
@@ -147,6 +151,18 @@ class SimCLRTask(PretextTask):
 
     def forward(self, inp: TaskInput) -> TaskOutput:
         logits = self.logits(inp)
+        if logits.similarities.shape[1] < 2:
+            # A batch left with one clip (its other videos unreadable and dropped) has only the
+            # positive: the loss is 0 with no gradient and acc is 1 by construction. Say so once,
+            # and log no accuracy or similarities for it.
+            if not self._warned_no_negatives:
+                self._warned_no_negatives = True
+                warnings.warn(
+                    "simclr: a batch held a single clip (its other videos were unreadable and dropped), so it had "
+                    "no negatives and taught nothing (nce 0); its acc and similarities are not logged",
+                    RuntimeWarning, stacklevel=2,
+                )  # fmt: skip
+            return TaskOutput(losses={"nce": logits.loss()}, metrics={})
         return TaskOutput(losses={"nce": logits.loss()}, metrics=logits.metrics())
 
 

@@ -59,7 +59,7 @@ from hcframe.data import BadVideo, ClipShape, VideoDataset, sample_generator, sp
 
 from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_frames, resized_size
 
-__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "clip_frame_indices"]
+__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "check_clip_arguments", "clip_frame_indices"]
 
 MODES = ("train", "test")
 ON_BAD = ("skip", "raise")
@@ -151,6 +151,46 @@ def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     return int(value)
 
 
+def check_clip_arguments(
+    *,
+    clip_len: int,
+    stride: int,
+    short_side: int,
+    crop_size: int,
+    mode: str,
+    num_clips: int,
+    num_crops: int,
+    seed: int,
+    on_bad_video: str,
+    part_size: int,
+) -> dict[str, Any]:
+    """The clip arguments of :class:`VideoClipDataset`, checked (``ValueError`` naming the
+    argument) and as plain ints. Datasets that do work before calling
+    ``VideoClipDataset.__init__`` (the synthetic world is generated first) check them with this
+    before that work."""
+    checked: dict[str, Any] = {
+        "clip_len": _positive_int("clip_len", clip_len),
+        "stride": _positive_int("stride", stride),
+        "short_side": _positive_int("short_side", short_side),
+        "crop_size": _positive_int("crop_size", crop_size),
+    }
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "train" and checked["crop_size"] > checked["short_side"]:
+        raise ValueError(f"crop_size: {crop_size} is larger than short_side {short_side}; use crop_size <= short_side")
+    checked["mode"] = mode
+    checked["num_clips"] = _positive_int("num_clips", num_clips)
+    checked["num_crops"] = _positive_int("num_crops", num_crops)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    checked["seed"] = int(seed)
+    if on_bad_video not in ON_BAD:
+        raise ValueError(f"on_bad_video: expected one of {', '.join(ON_BAD)}, got {on_bad_video!r}")
+    checked["on_bad_video"] = on_bad_video
+    checked["part_size"] = _positive_int("part_size", part_size, minimum=0)
+    return checked
+
+
 class VideoClipDataset(VideoDataset):
     """Clips of video files, decoded with PyAV (see the module docstring for the exact protocol).
 
@@ -193,24 +233,15 @@ class VideoClipDataset(VideoDataset):
         super().__init__()
         if len(paths) != len(labels):
             raise ValueError(f"labels: expected one label per video ({len(paths)}), got {len(labels)}")
-        self.clip_len = _positive_int("clip_len", clip_len)
-        self.stride = _positive_int("stride", stride)
-        self.short_side = _positive_int("short_side", short_side)
-        self.crop_size = _positive_int("crop_size", crop_size)
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "train" and self.crop_size > self.short_side:
-            raise ValueError(f"crop_size: {crop_size} is larger than short_side {short_side}; use crop_size <= short_side")
-        self.mode = mode
-        self.num_clips = _positive_int("num_clips", num_clips)
-        self.num_crops = _positive_int("num_crops", num_crops)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an integer, got {seed!r}")
-        self.seed = int(seed)
-        if on_bad_video not in ON_BAD:
-            raise ValueError(f"on_bad_video: expected one of {', '.join(ON_BAD)}, got {on_bad_video!r}")
-        self.on_bad_video = on_bad_video
-        self.part_size = _positive_int("part_size", part_size, minimum=0) or max(1, self.crop_size // 4)
+        checked = check_clip_arguments(
+            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
+            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
+        )  # fmt: skip
+        self.clip_len, self.stride = checked["clip_len"], checked["stride"]
+        self.short_side, self.crop_size, self.mode = checked["short_side"], checked["crop_size"], checked["mode"]
+        self.num_clips, self.num_crops, self.seed = checked["num_clips"], checked["num_crops"], checked["seed"]
+        self.on_bad_video = checked["on_bad_video"]
+        self.part_size = checked["part_size"] or max(1, self.crop_size // 4)
         self.root = os.path.abspath(os.fspath(root))
         self.class_names = tuple(str(c) for c in class_names)
         n_classes = len(self.class_names)
