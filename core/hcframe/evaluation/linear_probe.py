@@ -26,7 +26,7 @@ from hcframe.evaluation.features import FeatureSet
 from hcframe.evaluation.metrics import topk_accuracy
 from hcframe.heads import LinearHead
 
-__all__ = ["LinearProbe", "Standardizer", "fit_linear_classifier", "linear_probe_metrics", "probe_warning"]
+__all__ = ["LinearProbe", "Standardizer", "fit_linear_classifier", "fit_probe_on", "linear_probe_metrics", "probe_warning"]
 
 #: The default gradient tolerance: scikit-learn's criterion, 10x tighter than its default 1e-4,
 #: which on the quickstart's features still left 0.6-1.0 % of test predictions (and up to 0.4
@@ -160,6 +160,28 @@ def num_classes_of(train: FeatureSet, test: FeatureSet) -> int:
     return max(train.num_classes, test.num_classes, int(train.labels.max()) + 1, int(test.labels.max()) + 1)
 
 
+def fit_probe_on(
+    train: FeatureSet,
+    test: FeatureSet,
+    *,
+    weight_decay: float,
+    max_iter: int,
+    device: torch.device,
+    tol: float,
+    where: str,
+    log: Callable[[str], None],
+) -> "LinearProbe":
+    """The probe every probe protocol scores with: fitted on the training videos' view-averaged
+    features (classes counted over both sets), with the one-line :func:`probe_warning` logged
+    when the fit stopped short of ``tol``."""
+    probe = fit_linear_classifier(train.video_features().to(device), train.labels, num_classes_of(train, test),
+                                  weight_decay=weight_decay, max_iter=max_iter, tol=tol)
+    warning = probe_warning(probe, where, max_iter, tol)
+    if warning:
+        log(warning)
+    return probe
+
+
 def linear_probe_metrics(
     train: FeatureSet,
     test: FeatureSet,
@@ -175,11 +197,8 @@ def linear_probe_metrics(
     features. Returns ``top1``, ``top5`` (video level), ``train_top1``, the set sizes and
     ``probe_iterations``; logs a one-line warning naming ``where`` when the fit stopped short of
     ``tol`` (:func:`probe_warning`)."""
-    probe = fit_linear_classifier(train.video_features().to(device), train.labels, num_classes_of(train, test),
-                                  weight_decay=weight_decay, max_iter=max_iter, tol=tol)
-    warning = probe_warning(probe, where, max_iter, tol)
-    if warning:
-        log(warning)
+    probe = fit_probe_on(train, test, weight_decay=weight_decay, max_iter=max_iter, device=device, tol=tol,
+                         where=where, log=log)
     scores = probe.scores(test.video_features().to(device)).cpu()
     train_scores = probe.scores(train.video_features().to(device)).cpu()
     return {

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from hcframe.evaluation.features import FeatureSet
-from hcframe.evaluation.linear_probe import DEFAULT_TOL, fit_linear_classifier, num_classes_of, probe_warning
+from hcframe.evaluation.linear_probe import DEFAULT_TOL, fit_probe_on
 from hcframe.evaluation.metrics import multiview_metrics
 
 __all__ = ["multiview_probe_metrics"]
@@ -32,11 +32,8 @@ def multiview_probe_metrics(
 ) -> dict[str, float | int]:
     """The linear probe of :func:`linear_probe_metrics`, applied to every test view alone:
     ``clip_top1``, and video-level ``top1`` / ``top5`` of the views' averaged softmax scores."""
-    probe = fit_linear_classifier(train.video_features().to(device), train.labels, num_classes_of(train, test),
-                                  weight_decay=weight_decay, max_iter=max_iter, tol=tol)
-    warning = probe_warning(probe, where, max_iter, tol)
-    if warning:
-        log(warning)
+    probe = fit_probe_on(train, test, weight_decay=weight_decay, max_iter=max_iter, device=device, tol=tol,
+                         where=where, log=log)
     view_scores = probe.scores(test.features.to(device)).cpu()  # [N, V, C]
     return {
         **multiview_metrics(view_scores, test.labels),

@@ -96,24 +96,24 @@ def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
     return {**metrics, "bad_videos": bad} if bad else metrics
 
 
-def _linear_probe(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
-    tr, te = _train_test_features(ctx, spec, split)
-    if not hd.is_main_process():
-        return {}
-    o = spec.options
-    metrics = linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
-                                   where=f"{spec.where} {key}", log=ctx.log)
-    return _with_bad(metrics, tr, te)
+def _probe_protocol(metrics_of: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """A protocol that fits the linear probe on the train features and scores the test features
+    with ``metrics_of`` (:func:`linear_probe_metrics` or :func:`multiview_probe_metrics`)."""
+
+    def protocol(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+        tr, te = _train_test_features(ctx, spec, split)
+        if not hd.is_main_process():  # the others helped extract the features; the fit is the main's
+            return {}
+        o = spec.options
+        metrics = metrics_of(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
+                             where=f"{spec.where} {key}", log=ctx.log)
+        return _with_bad(metrics, tr, te)
+
+    return protocol
 
 
-def _multiview(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
-    tr, te = _train_test_features(ctx, spec, split)
-    if not hd.is_main_process():
-        return {}
-    o = spec.options
-    metrics = multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
-                                      where=f"{spec.where} {key}", log=ctx.log)
-    return _with_bad(metrics, tr, te)
+_linear_probe = _probe_protocol(linear_probe_metrics)
+_multiview = _probe_protocol(multiview_probe_metrics)
 
 
 def _retrieval(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
