@@ -3,12 +3,14 @@
 Both sides train the same model (the backbones plugin's R(2+1)D-18 encoder and the same heads),
 on the same batch (synthetic tensors already on the device, already augmented: no data loader,
 no transform on either side), with the same loss functions and metrics (the plugins' own), the
-same fused optimiser (SGD with momentum and weight decay, ``fused=True``) and learning-rate
-schedule (cosine), and both read their losses and metrics back every ``--log-every`` steps only.
-Both start from the same weights. So the ratio measures what the framework costs per step: :class:`hcframe.engine.trainer.Trainer`'s
-``run_step`` (the multi-task model, the combiner, device-side metric logging, the non-finite step
-check and skip) and its hooks (checkpoint bookkeeping, ``metrics.jsonl``, progress, non-finite
-accounting), against the few lines a researcher would write.
+same fused optimiser (SGD with momentum, ``fused=True``, weight decay on weights but not on
+biases and norm scales, as hcframe groups them) and learning-rate schedule (cosine), and both
+read their losses and metrics back every ``--log-every`` steps only. Both start from the same
+weights. So the ratio measures what the framework costs per step:
+:class:`hcframe.engine.trainer.Trainer`'s ``run_step`` (the multi-task model, the combiner,
+device-side metric logging, the non-finite step check and skip) and its hooks (checkpoint
+bookkeeping, ``metrics.jsonl``, progress, non-finite accounting), against the few lines a
+researcher would write.
 
 Variants (each a hand-written loop and hcframe's step):
 
@@ -113,7 +115,11 @@ class HandWritten:
         if args.compile:
             self.encoder.compile()
         params = list(self.encoder.parameters()) + list(self.heads.parameters())
-        self.optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=1e-4, fused=True)
+        # Weight decay on the weights, not on biases and norm scales (the usual practice, and
+        # hcframe's): both sides make the same updates.
+        groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": 1e-4},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, fused=True)
         total = 10**6
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else nullcontext()
