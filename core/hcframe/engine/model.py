@@ -174,7 +174,8 @@ class MultiTaskModel(nn.Module):
         views: list[Tensor] = batch["views"]
         needed = self.num_views
         size = views[0].shape[0]
-        shared = self.trunk(torch.cat(views[:needed], dim=0))
+        # One view goes in as it is (torch.cat would copy the whole batch).
+        shared = self.trunk(views[0] if needed == 1 else torch.cat(views[:needed], dim=0))
         outputs: dict[str, TaskOutput] = {}
         first_view: dict[str, EncoderOutput] = {}
         for name in self.branches:
