@@ -10,12 +10,12 @@ optimisers (``fused=True``, what :func:`hcframe.engine.optim.build_optimizer` bu
 ``found_inf`` tensor and skip on the device, the mechanism :class:`torch.amp.GradScaler` uses with
 them. Others (and every optimiser's first step, see :func:`step_if_finite`) read the flag back.
 
-:class:`hcframe.engine.hooks.NonFiniteSteps` (a built-in hook) reads the flags back in batches, logs each skipped step
-with the loss terms that were not finite, counts them (``skipped_steps`` in ``metrics.jsonl``,
-``nonfinite_steps`` in ``summary.json``) and stops the run when ``train.max_nonfinite_steps`` steps
-in a row were skipped, or at once when the model's own weights or buffers are no longer finite
-(no skipping can repair those). :func:`nonfinite_tensors` is what the checkpointer checks before
-writing: a checkpoint never holds non-finite weights.
+:class:`hcframe.engine.hooks.NonFiniteSteps` (a built-in hook) reads the flags back in batches,
+logs each skipped step with the loss terms that were not finite, counts them (``skipped_steps`` in
+``metrics.jsonl``, ``nonfinite_steps`` in ``summary.json``) and stops the run when
+``train.max_nonfinite_steps`` steps in a row were skipped, or at once when the model's own weights
+or buffers are no longer finite (no skipping can repair those). :func:`nonfinite_tensors` is what
+the checkpointer checks before writing: a checkpoint never holds non-finite weights.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-
 
 __all__ = ["ADVICE", "all_ranks_finite", "describe_nonfinite", "gradients_finite", "nonfinite_tensors", "step_if_finite"]
 

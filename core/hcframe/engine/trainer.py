@@ -231,8 +231,8 @@ class Trainer(TrainerBase):
         """The hooks of this run, in the order they run: the checkpointer (first: the final
         checkpoint is written before anything else ends the run), the non-finite step counter,
         bad-video accounting and the gradient-cosine probe; the recipe's ``[[hooks]]`` and the
-        ``hooks`` argument; then the metric writer and the progress display (last: a step's log line holds what every other
-        hook added to it). Override to change the built-ins."""
+        ``hooks`` argument; then the metric writer and the progress display (last: a step's log
+        line holds what every other hook added to it). Override to change the built-ins."""
         t = self.recipe.train
         # On CPU reading the step's finiteness back costs nothing; on a GPU it would stall the
         # host, so it is read in batches (a stop then comes at most that many steps late).
