@@ -63,6 +63,14 @@ def _require_file(path: str, what: str) -> str:
     return path
 
 
+def _annotation_folder(root: str, given: str, default_name: str, what: str) -> str:
+    """``given``; empty: ``<root>/<default_name>`` if that folder exists, else ``root``. Checked."""
+    if not given:
+        default = os.path.join(root, default_name)
+        given = default if os.path.isdir(default) else root
+    return _require_dir(os.path.abspath(given), what)
+
+
 def _check_split(split: int) -> int:
     if isinstance(split, bool) or split not in (1, 2, 3):
         raise ValueError(f"split: expected 1, 2 or 3, got {split!r}")
@@ -113,10 +121,7 @@ class UCF101(VideoClipDataset):
     ) -> None:
         root = _require_dir(os.path.abspath(root), "UCF101 root")
         split, subset = _check_split(split), _check_subset(subset)
-        if not annotations:
-            default = os.path.join(root, "ucfTrainTestlist")
-            annotations = default if os.path.isdir(default) else root
-        annotations = _require_dir(os.path.abspath(annotations), "UCF101 annotations folder")
+        annotations = _annotation_folder(root, annotations, "ucfTrainTestlist", "UCF101 annotations folder")
         class_file = _require_file(os.path.join(annotations, "classInd.txt"), "UCF101 classInd.txt (lines '<1-based index> <ClassName>')")
         class_names = self._read_class_index(class_file)
         by_lower = {name.lower(): k for k, name in enumerate(class_names)}
@@ -172,10 +177,7 @@ class HMDB51(VideoClipDataset):
     ) -> None:
         root = _require_dir(os.path.abspath(root), "HMDB51 root")
         split, subset = _check_split(split), _check_subset(subset)
-        if not splits:
-            default = os.path.join(root, "testTrainMulti_7030_splits")
-            splits = default if os.path.isdir(default) else root
-        splits = _require_dir(os.path.abspath(splits), "HMDB51 split-file folder")
+        splits = _annotation_folder(root, splits, "testTrainMulti_7030_splits", "HMDB51 split-file folder")
         suffix = f"_test_split{split}.txt"
         split_files = sorted(f for f in os.listdir(splits) if f.endswith(suffix))
         if not split_files:
