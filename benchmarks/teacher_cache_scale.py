@@ -58,8 +58,8 @@ from schp_teacher_conformance import random_state  # noqa: E402  (the same rando
 def world_table(root: Path, args: argparse.Namespace) -> str:
     return (
         f'name = "synthetic_humans"\nroot = "{root}"\nnum_train = {args.videos}\nnum_test = 1\n'
-        f"num_frames = {args.frames}\nheight = {args.height}\nwidth = {args.width}\nstride = {args.every_k}\n"
-        f"clip_len = 4\nworkers = 1\n"
+        f"num_frames = {args.frames}\nheight = {args.height}\nwidth = {args.width}\nworkers = 1\n"
+        f"clips = {{ stride = {args.every_k}, clip_len = 4 }}\n"
     )
 
 
