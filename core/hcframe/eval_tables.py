@@ -69,8 +69,8 @@ class LinearProbeOptions:
 
     Features are extracted once per video (the mean over the views the dataset returns: for the
     video datasets, ``clips = { mode = "test", num_clips = 1, num_crops = 1 }`` gives a centre clip
-    of each training video, more views a smoother feature) and standardised with the training set's mean and standard
-    deviation. A linear classifier (:class:`hcframe.heads.LinearHead`, zero-initialised) is fitted
+    of each training video, more views a smoother feature) and standardised with the training
+    set's mean and standard deviation. A linear classifier (:class:`hcframe.heads.LinearHead`, zero-initialised) is fitted
     full-batch with L-BFGS (strong-Wolfe line search, float64) on the mean cross-entropy plus
     ``weight_decay / 2 * ||W||^2`` (scikit-learn's ``LogisticRegression`` with
     ``C = 1 / (weight_decay * N)``): a convex problem, so the result does not depend on a learning
@@ -94,8 +94,8 @@ class MultiviewOptions:
     (trained on the training videos' view-averaged features), applied to every test view alone.
     Reports ``clip_top1`` (each view scored alone), and ``top1`` / ``top5`` of the video-level
     scores: the softmax probabilities averaged over the video's views (the clips x crops of the
-    test dataset's test mode). ``max_iter``, ``weight_decay`` and ``tol`` as
-    for the linear probe."""
+    test dataset's test mode). ``max_iter``, ``weight_decay`` and ``tol`` as for the linear
+    probe."""
 
     max_iter: int = attrs.field(default=2000, validator=positive)
     weight_decay: float = attrs.field(default=1e-4, validator=non_negative)

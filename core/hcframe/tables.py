@@ -4,10 +4,10 @@ A *component table* (any table with a ``name`` key) becomes a :class:`ComponentS
 are checked against the registered factory's signature (unknown keys, missing required ones, value
 types from the annotations; a parameter annotated with a component base, e.g. ``teacher:
 Teacher``, takes a nested component table; one annotated with an attrs class takes a nested
-*settings table* checked against that class's fields, see :func:`build_settings`). An *engine table* (``[train]``, an ``[[eval]]`` table's options, ...) is
-an attrs class whose fields are checked by :func:`build_engine_table`. Both the
-recipe (:mod:`hcframe.recipe`) and the ``[[eval]]`` tables (:mod:`hcframe.eval_tables`) are
-parsed with these, so they sit below both.
+*settings table* checked against that class's fields, see :func:`build_settings`). An *engine
+table* (``[train]``, an ``[[eval]]`` table's options, ...) is an attrs class whose fields are
+checked by :func:`build_engine_table`. Both the recipe (:mod:`hcframe.recipe`) and the
+``[[eval]]`` tables (:mod:`hcframe.eval_tables`) are parsed with these, so they sit below both.
 
 Errors are :class:`RecipeError`: one line naming the key path and what to do.
 """

@@ -61,3 +61,14 @@ def test_resolving_fills_each_zero_from_what_it_stands_for():
         ClipSampling(short_side=0).resolved()  # a file dataset does not know its frames' size
     with pytest.raises(ValueError, match=r"^clips\.crop_size: 40 is larger than short_side 32;"):
         attrs.evolve(WORLD_CLIPS, crop_size=40).resolved(32)
+
+
+def test_datasets_take_only_a_clip_sampling_in_python(tmp_path):
+    from hcframe_video.clips import VideoClipDataset
+    from hcframe_video.synthetic.dataset import SyntheticHumans
+
+    with pytest.raises(TypeError, match=r"^clips: expected a ClipSampling, got dict \{'clip_len': 4\}$"):
+        VideoClipDataset([], [], [], str(tmp_path), clips={"clip_len": 4})
+    with pytest.raises(TypeError, match=r"^clips: expected a ClipSampling, got dict"):
+        SyntheticHumans.check(root=str(tmp_path / "world"), clips={"clip_len": 4})
+    assert not (tmp_path / "world").exists()

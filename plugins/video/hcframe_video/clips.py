@@ -212,6 +212,14 @@ class ClipSampling:
                 f"crop_size: {self.crop_size} is larger than short_side {self.short_side}; use crop_size <= short_side"
             )
 
+    @classmethod
+    def checked(cls, value: Any) -> ClipSampling:
+        """``value`` when it is a :class:`ClipSampling` (a recipe table is made one before any
+        dataset sees it); else ``TypeError`` naming the argument."""
+        if not isinstance(value, cls):
+            raise TypeError(f"clips: expected a ClipSampling, got {type(value).__name__} {value!r}")
+        return value
+
     def resolved(self, frame_short_side: int = 0) -> ClipSampling:
         """These settings with every 0 replaced by what it stands for: ``short_side`` by
         ``frame_short_side`` (0: not known, an error), ``crop_size`` by ``short_side``,
@@ -252,9 +260,7 @@ class VideoClipDataset(VideoDataset):
         super().__init__()
         if len(paths) != len(labels):
             raise ValueError(f"labels: expected one label per video ({len(paths)}), got {len(labels)}")
-        if not isinstance(clips, ClipSampling):
-            raise TypeError(f"clips: expected a ClipSampling, got {type(clips).__name__} {clips!r}")
-        self.clips = clips.resolved()
+        self.clips = ClipSampling.checked(clips).resolved()
         self.root = os.path.abspath(os.fspath(root))
         self.class_names = tuple(str(c) for c in class_names)
         n_classes = len(self.class_names)
@@ -280,7 +286,7 @@ class VideoClipDataset(VideoDataset):
     @classmethod
     def clip_shape(cls, **args: Any) -> ClipShape:
         """``clip_len`` frames of ``crop_size`` x ``crop_size`` pixels (train and test views)."""
-        clips = cls.arguments(**args)["clips"].resolved()
+        clips = ClipSampling.checked(cls.arguments(**args)["clips"]).resolved()
         return ClipShape(clips.clip_len, clips.crop_size, clips.crop_size)
 
     @classmethod

@@ -128,7 +128,7 @@ class SyntheticHumans(VideoClipDataset):
         )  # fmt: skip
         if spec.count(a["subset"]) == 0:
             raise ValueError(f"num_{a['subset']}: the {a['subset']} subset is empty; set num_{a['subset']} >= 1")
-        clips = a["clips"].resolved(min(a["height"], a["width"]))  # 0: the world's frames
+        clips = ClipSampling.checked(a["clips"]).resolved(min(a["height"], a["width"]))  # 0: the world's frames
         root = a["root"]
         world_root = Path(root).expanduser() if root else default_cache_root() / "synthetic" / spec.key()
         if world_root.exists() and not world_root.is_dir():
@@ -140,7 +140,7 @@ class SyntheticHumans(VideoClipDataset):
     def clip_shape(cls, **args: Any) -> ClipShape:
         """``clip_len`` frames; ``crop_size``, or ``short_side``, or the world's short side."""
         a = cls.arguments(**args)
-        clips = a["clips"].resolved(min(a["height"], a["width"]))
+        clips = ClipSampling.checked(a["clips"]).resolved(min(a["height"], a["width"]))
         return ClipShape(clips.clip_len, clips.crop_size, clips.crop_size)
 
     def ground_truth_parts(self) -> PartMapStore:
