@@ -299,7 +299,7 @@ def build_component(kind: str, table: Any, where: str, registry: Registry) -> Co
             if takes_any:
                 args[key] = value
                 continue
-            raise RecipeError(f"{path}: unknown key for {kind} {name!r}; {suggest(key, list(params))}")
+            raise RecipeError(f"{path}: unknown key for {kind} {name!r}; {_unknown_key_hint(key, params, hints, where)}")
         annotation = hints.get(key, params[key].annotation)
         nested_kind = _component_base(annotation)
         settings = _settings_class(annotation)
@@ -319,6 +319,16 @@ def build_component(kind: str, table: Any, where: str, registry: Registry) -> Co
         elif n not in args and attrs.has(type(p.default)) and _is_toml_value(plain(p.default)):
             args[n] = p.default  # a settings table's defaults, written out as a nested table
     return ComponentSpec(kind=kind, name=name, args=args, path=where)
+
+
+def _unknown_key_hint(key: str, params: dict[str, inspect.Parameter], hints: dict[str, Any], where: str) -> str:
+    """Where an unknown key belongs: a field of one of the component's settings tables (a recipe
+    written before the key moved into ``[<table>.clips]``, say) is pointed there; else the close name."""
+    for param_name, param in params.items():
+        settings = _settings_class(hints.get(param_name, param.annotation))
+        if settings is not None and key in attrs.fields_dict(settings):
+            return f"it belongs in the settings table: write {where}.{param_name}.{key}"
+    return suggest(key, list(params))
 
 
 def _is_toml_value(value: Any) -> bool:

@@ -79,6 +79,10 @@ CASES: dict[str, tuple[str | bytes | object, list[str], str]] = {
     "clip_len 0 (before generating a world)": (SYNTHETIC, ["data.clips.clip_len=0"], "data.clips.clip_len: expected an integer >= 1, got 0"),
     # --- the video datasets' nested clip-sampling table (checked against ClipSampling's fields) ----
     "unknown key in [data.clips]": (SYNTHETIC, ["data.clips.clip_lne=4"], "data.clips.clip_lne: unknown key; did you mean 'clip_len'?"),
+    "a clip key written flat, as before the clips table": (
+        SYNTHETIC, ["data.clip_len=4"],
+        "data.clip_len: unknown key for dataset 'synthetic_humans'; it belongs in the settings table: write data.clips.clip_len",
+    ),
     "unknown key in an eval dataset's clips": (
         SYNTHETIC, ['eval.0.test_data={name = "synthetic_humans", clips = {num_crop = 2}}'],
         "eval[0].test_data.clips.num_crop: unknown key; did you mean 'num_crops'?",
