@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from hcframe.data import sample_generator
-from hcframe_video.clips import VideoClipDataset
+from hcframe_video.clips import ClipSampling, VideoClipDataset
 from hcframe_video.decode import decode_spans_without_conversion
 from hcframe_video.prepare import prepare_tree
 
@@ -93,8 +93,8 @@ def write_video(path: Path, frames: np.ndarray, codec: str, gop: int) -> None:
 
 
 def make_dataset(root: Path, names: list[str], **kw) -> VideoClipDataset:
-    kw = {"clip_len": 16, "stride": 2, "short_side": 128, "crop_size": 112, "seed": 7, **kw}
-    ds = VideoClipDataset(names, [0] * len(names), ["scene"], str(root), **kw)
+    clips = ClipSampling(**{"clip_len": 16, "stride": 2, "short_side": 128, "crop_size": 112, "seed": 7, **kw})
+    ds = VideoClipDataset(names, [0] * len(names), ["scene"], str(root), clips=clips)
     for i in range(len(ds)):
         ds.video_info(i)  # probe once, outside the timing, as a worker does once per video
     return ds
@@ -117,7 +117,7 @@ def time_limit(ds: VideoClipDataset, sample_keys) -> tuple[float, float, int]:
     jobs = []
     for i, epoch in sample_keys:
         info = ds.video_info(i)
-        plans = ds.plan_views(info, sample_generator(ds.seed, epoch, i))
+        plans = ds.plan_views(info, sample_generator(ds.clips.seed, epoch, i))
         spans = sorted({(p.frame_indices[0], p.frame_indices[-1]) for p in plans})
         jobs.append((ds.video_path(i), spans, info))
     frames = 0

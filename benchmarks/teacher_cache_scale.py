@@ -41,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
@@ -48,6 +49,7 @@ import hcframe
 from hcframe_parsing.cache import cached_frame_indices
 from hcframe_parsing.schp import SCHP_VARIANTS
 from hcframe_video.partmaps import PartMapStore
+from hcframe_video.synthetic.dataset import WORLD_CLIPS
 
 sys.path.insert(0, str(Path(__file__).parent))
 from schp_teacher_conformance import random_state  # noqa: E402  (the same random LIP-layout weights)
@@ -56,8 +58,8 @@ from schp_teacher_conformance import random_state  # noqa: E402  (the same rando
 def world_table(root: Path, args: argparse.Namespace) -> str:
     return (
         f'name = "synthetic_humans"\nroot = "{root}"\nnum_train = {args.videos}\nnum_test = 1\n'
-        f"num_frames = {args.frames}\nheight = {args.height}\nwidth = {args.width}\nstride = {args.every_k}\n"
-        f"clip_len = 4\nworkers = 1\n"
+        f"num_frames = {args.frames}\nheight = {args.height}\nwidth = {args.width}\nworkers = 1\n"
+        f"clips = {{ stride = {args.every_k}, clip_len = 4 }}\n"
     )
 
 
@@ -140,7 +142,7 @@ def main() -> None:
     world = work / "world"
     dataset = hcframe.get_registry().create(
         "dataset", "synthetic_humans", root=str(world), num_train=args.videos, num_test=1, num_frames=args.frames,
-        height=args.height, width=args.width, stride=args.every_k, clip_len=4, workers=1,
+        height=args.height, width=args.width, clips=attrs.evolve(WORLD_CLIPS, stride=args.every_k, clip_len=4), workers=1,
     )  # fmt: skip
     video_ids = [dataset.video_id(i) for i in range(len(dataset))]
     every = {v: list(range(args.frames)) for v in video_ids}

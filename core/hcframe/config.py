@@ -141,7 +141,8 @@ def _expected(exc: BaseException) -> bool:
     return isinstance(exc, (ValueError, TypeError, OSError))
 
 
-_ARGUMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::\s*|\s+)(.+)", re.DOTALL)
+# An argument, or a key of the settings table an argument holds (``argument.key: ...``).
+_ARGUMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)(?::\s*|\s+)(.+)", re.DOTALL)
 
 
 def constructor_error(spec: ComponentSpec, exc: BaseException, arguments: Collection[str] | None = None) -> str:
@@ -160,7 +161,7 @@ def constructor_error(spec: ComponentSpec, exc: BaseException, arguments: Collec
     if message.startswith(own):
         message = message[len(own):]
     match = _ARGUMENT.fullmatch(message)
-    if match and match.group(1) in arguments:
+    if match and match.group(1).split(".")[0] in arguments:
         return f"{spec.path}.{match.group(1)}: {match.group(2)}"
     # A file error: the message names a path the table gives (as written, or made absolute).
     for key, value in sorted(spec.args.items(), key=lambda kv: -len(str(kv[1]))):

@@ -133,6 +133,14 @@ class VideoDataset(Dataset, abc.ABC):
         return None
 
     @classmethod
+    def multiview_arguments(cls, num_clips: int, num_crops: int) -> dict[str, Any]:
+        """Constructor arguments, as a recipe table, that make ``cls`` return ``num_clips`` clips x
+        ``num_crops`` crops of each video (multi-view testing); nested tables are merged key by
+        key. The fine-tuning protocol fills them into a ``test_data`` table where it does not set
+        them. ``{}`` (the default): the dataset has no such mode."""
+        return {}
+
+    @classmethod
     def arguments(cls, **args: Any) -> dict[str, Any]:
         """``args`` with the constructor's defaults filled in (for :meth:`clip_shape`)."""
         bound = inspect.signature(cls).bind_partial(**args)

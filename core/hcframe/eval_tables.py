@@ -5,8 +5,8 @@ Every table names a ``protocol`` and its own dataset component tables::
     [[eval]]
     protocol = "linear_probe"      # "linear_probe" | "multiview" | "retrieval" | "finetune"
     branch = "concat"              # a task name, or "concat" (see MultiTaskModel.encode)
-    train_data = { name = "ucf101", root = "...", subset = "train", mode = "test", num_clips = 1, num_crops = 1 }
-    test_data  = { name = "ucf101", root = "...", subset = "test",  mode = "test", num_clips = 10, num_crops = 3 }
+    train_data = { name = "ucf101", root = "...", subset = "train", clips = { mode = "test", num_clips = 1, num_crops = 1 } }
+    test_data  = { name = "ucf101", root = "...", subset = "test",  clips = { mode = "test", num_clips = 10, num_crops = 3 } }
     splits = [1, 2, 3]             # optional: sets the datasets' ``split`` argument, runs each, adds the mean
 
 Keys common to every protocol (:class:`EvalSpec`): ``protocol``, ``branch``, ``train_data``,
@@ -67,10 +67,10 @@ def _positive_list(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
 class LinearProbeOptions:
     """Linear probe on frozen features.
 
-    Features are extracted once per video (the mean over the views the dataset returns: use
-    ``mode = "test", num_clips = 1, num_crops = 1`` for a centre clip of each training video, or
-    more views for a smoother feature) and standardised with the training set's mean and standard
-    deviation. A linear classifier (:class:`hcframe.heads.LinearHead`, zero-initialised) is fitted
+    Features are extracted once per video (the mean over the views the dataset returns: for the
+    video datasets, ``clips = { mode = "test", num_clips = 1, num_crops = 1 }`` gives a centre clip
+    of each training video, more views a smoother feature) and standardised with the training
+    set's mean and standard deviation. A linear classifier (:class:`hcframe.heads.LinearHead`, zero-initialised) is fitted
     full-batch with L-BFGS (strong-Wolfe line search, float64) on the mean cross-entropy plus
     ``weight_decay / 2 * ||W||^2`` (scikit-learn's ``LogisticRegression`` with
     ``C = 1 / (weight_decay * N)``): a convex problem, so the result does not depend on a learning
@@ -93,9 +93,9 @@ class MultiviewOptions:
     """Multi-view testing of the linear probe: the same classifier as :class:`LinearProbeOptions`
     (trained on the training videos' view-averaged features), applied to every test view alone.
     Reports ``clip_top1`` (each view scored alone), and ``top1`` / ``top5`` of the video-level
-    scores: the softmax probabilities averaged over the video's views (``num_clips`` x
-    ``num_crops`` of the test dataset's test mode). ``max_iter``, ``weight_decay`` and ``tol`` as
-    for the linear probe."""
+    scores: the softmax probabilities averaged over the video's views (the clips x crops of the
+    test dataset's test mode). ``max_iter``, ``weight_decay`` and ``tol`` as for the linear
+    probe."""
 
     max_iter: int = attrs.field(default=2000, validator=positive)
     weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
@@ -136,9 +136,10 @@ class FinetuneOptions:
     ``schedule = "step"`` divides the rate by ``1/gamma`` at each epoch in ``milestones``.
 
     Testing is multi-view on ``test_data``: ``clip_top1`` (each view alone) and ``top1`` / ``top5``
-    of the softmax scores averaged over each video's views. A ``test_data`` table that does not set
-    them gets ``mode = "test"``, ``num_clips = 10`` and ``num_crops = 3`` (when its dataset takes
-    those arguments), recorded in the resolved recipe.
+    of the softmax scores averaged over each video's views. A ``test_data`` table gets the
+    arguments its dataset declares for 10 clips x 3 crops
+    (:meth:`hcframe.VideoDataset.multiview_arguments`) where it does not set them, recorded in
+    the resolved recipe.
     """
 
     epochs: int = attrs.field(default=100, validator=positive)
@@ -154,8 +155,9 @@ class FinetuneOptions:
     label_smoothing: float = attrs.field(default=0.0, validator=fraction)
 
 
-#: The fine-tuning protocol's test views, filled into ``test_data`` tables that do not set them.
-FINETUNE_TEST_VIEWS: dict[str, Any] = {"mode": "test", "num_clips": 10, "num_crops": 3}
+#: The fine-tuning protocol's test views (clips, crops), filled into ``test_data`` tables that do not
+#: set them, as the dataset asks for them (:meth:`hcframe.VideoDataset.multiview_arguments`).
+FINETUNE_TEST_VIEWS: tuple[int, int] = (10, 3)
 
 PROTOCOL_OPTIONS: dict[str, type] = {
     "linear_probe": LinearProbeOptions,
@@ -326,13 +328,24 @@ def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) 
 
 
 def _with_test_views(table: Any, registry: Registry) -> Any:
-    """``table`` with :data:`FINETUNE_TEST_VIEWS` for the arguments its dataset takes and it does
-    not set (a table that is not a dataset table is returned as is, for the usual error)."""
+    """``table`` with the arguments its dataset declares for :data:`FINETUNE_TEST_VIEWS` where it
+    does not set them (a table that is not a dataset table is returned as is, for the usual error)."""
     if not isinstance(table, dict) or not isinstance(table.get("name"), str) or table["name"] not in registry.names("dataset"):
         return table
-    signature, _ = factory_signature(registry.get("dataset", table["name"]).factory)
-    extra = {k: v for k, v in FINETUNE_TEST_VIEWS.items() if k in signature.parameters and k not in table}
-    return {**table, **extra}
+    factory = registry.get("dataset", table["name"]).factory
+    declared = factory.multiview_arguments(*FINETUNE_TEST_VIEWS) if hasattr(factory, "multiview_arguments") else {}
+    return _fill_unset(table, declared)
+
+
+def _fill_unset(table: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``table`` with the keys of ``defaults`` it does not set, nested tables key by key."""
+    filled = dict(table)
+    for key, value in defaults.items():
+        if key not in filled:
+            filled[key] = copy.deepcopy(value)
+        elif isinstance(value, dict) and isinstance(filled[key], dict):
+            filled[key] = _fill_unset(filled[key], value)
+    return filled
 
 
 def _without_split(spec: ComponentSpec, splits: list[int] | None) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 A *component table* (any table with a ``name`` key) becomes a :class:`ComponentSpec` after its keys
 are checked against the registered factory's signature (unknown keys, missing required ones, value
 types from the annotations; a parameter annotated with a component base, e.g. ``teacher:
-Teacher``, takes a nested component table). An *engine table* (``[train]``, an ``[[eval]]`` table's
-options, ...) is an attrs class whose fields are checked by :func:`build_engine_table`. Both the
-recipe (:mod:`hcframe.recipe`) and the ``[[eval]]`` tables (:mod:`hcframe.eval_tables`) are
-parsed with these, so they sit below both.
+Teacher``, takes a nested component table; one annotated with an attrs class takes a nested
+*settings table* checked against that class's fields, see :func:`build_settings`). An *engine
+table* (``[train]``, an ``[[eval]]`` table's options, ...) is an attrs class whose fields are
+checked by :func:`build_engine_table`. Both the recipe (:mod:`hcframe.recipe`) and the
+``[[eval]]`` tables (:mod:`hcframe.eval_tables`) are parsed with these, so they sit below both.
 
 Errors are :class:`RecipeError`: one line naming the key path and what to do.
 """
@@ -34,6 +35,7 @@ __all__ = [
     "RecipeError",
     "build_component",
     "build_engine_table",
+    "build_settings",
     "check_value",
     "closest",
     "factory_signature",
@@ -214,7 +216,11 @@ def suggest(key: str, options: list[str]) -> str:
     return f"allowed keys: {', '.join(options)}" if options else "this table takes no keys"
 
 
-def build_engine_table(cls: type, table: Any, where: str) -> Any:
+def build_engine_table(cls: type, table: Any, where: str, base: Any = None) -> Any:
+    """An instance of the attrs class ``cls`` from ``table``: every key a field of ``cls`` (else
+    the error suggests the close name), every value checked against the field's annotation, then
+    the class's validators. Fields the table does not set come from ``base`` (an instance of
+    ``cls``) when given, else from the class's defaults."""
     if not isinstance(table, dict):
         raise RecipeError(f"{where}: expected a table")
     hints = typing.get_type_hints(cls)
@@ -225,9 +231,28 @@ def build_engine_table(cls: type, table: Any, where: str) -> Any:
             raise RecipeError(f"{where}.{key}: unknown key; {suggest(key, names)}")
         kwargs[key] = check_value(value, hints[key], f"{where}.{key}")
     try:
-        return cls(**kwargs)
+        return attrs.evolve(base, **kwargs) if base is not None else cls(**kwargs)
     except ValueError as exc:  # attrs validators name the field: "steps: must be > 0, got -1"
         raise RecipeError(f"{where}.{exc}") from None
+
+
+def _settings_class(annotation: Any) -> type | None:
+    """The attrs class a parameter annotation names (alone or as ``X | None``), if any."""
+    for c in (annotation, *typing.get_args(annotation)):
+        if isinstance(c, type) and attrs.has(c) and _component_base(c) is None:
+            return c
+    return None
+
+
+def build_settings(cls: type, table: Any, where: str, default: Any = inspect.Parameter.empty) -> Any:
+    """The value of a constructor parameter annotated with the attrs class ``cls`` (settings
+    several components share, as one table): ``table`` is a nested table checked like an engine
+    table. Keys it does not set keep the parameter's ``default`` when that is an instance of
+    ``cls`` (so each component keeps its own defaults), else the class's."""
+    if not isinstance(table, dict):
+        fields = ", ".join(f.name for f in attrs.fields(cls))
+        raise RecipeError(f"{where}: expected a table of {fields}, got {type(table).__name__} {table!r}")
+    return build_engine_table(cls, table, where, base=default if isinstance(default, cls) else None)
 
 
 def factory_signature(factory: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any]]:
@@ -274,11 +299,14 @@ def build_component(kind: str, table: Any, where: str, registry: Registry) -> Co
             if takes_any:
                 args[key] = value
                 continue
-            raise RecipeError(f"{path}: unknown key for {kind} {name!r}; {suggest(key, list(params))}")
+            raise RecipeError(f"{path}: unknown key for {kind} {name!r}; {_unknown_key_hint(key, params, hints, where)}")
         annotation = hints.get(key, params[key].annotation)
         nested_kind = _component_base(annotation)
+        settings = _settings_class(annotation)
         if nested_kind is not None and isinstance(value, dict):
             args[key] = build_component(nested_kind, value, path, registry)
+        elif settings is not None and value is not None:
+            args[key] = build_settings(settings, value, path, params[key].default)
         else:
             args[key] = check_value(value, annotation, path)
     missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in args]
@@ -288,7 +316,19 @@ def build_component(kind: str, table: Any, where: str, registry: Registry) -> Co
     for n, p in params.items():
         if n not in args and p.default is not inspect.Parameter.empty and _is_toml_value(p.default):
             args[n] = list(p.default) if isinstance(p.default, tuple) else p.default
+        elif n not in args and attrs.has(type(p.default)) and _is_toml_value(plain(p.default)):
+            args[n] = p.default  # a settings table's defaults, written out as a nested table
     return ComponentSpec(kind=kind, name=name, args=args, path=where)
+
+
+def _unknown_key_hint(key: str, params: dict[str, inspect.Parameter], hints: dict[str, Any], where: str) -> str:
+    """Where an unknown key belongs: a field of one of the component's settings tables (a recipe
+    written before the key moved into ``[<table>.clips]``, say) is pointed there; else the close name."""
+    for param_name, param in params.items():
+        settings = _settings_class(hints.get(param_name, param.annotation))
+        if settings is not None and key in attrs.fields_dict(settings):
+            return f"it belongs in the settings table: write {where}.{param_name}.{key}"
+    return suggest(key, list(params))
 
 
 def _is_toml_value(value: Any) -> bool:
@@ -304,7 +344,10 @@ def _is_toml_value(value: Any) -> bool:
 
 
 def plain(value: Any) -> Any:
-    """``value`` with tuples turned into lists, recursively (as TOML and JSON write them)."""
+    """``value`` with tuples turned into lists and attrs instances (settings tables) into tables,
+    recursively (as TOML and JSON write them)."""
+    if attrs.has(type(value)):
+        return plain(attrs.asdict(value, recurse=False))
     if isinstance(value, tuple):
         return [plain(v) for v in value]
     if isinstance(value, list):

@@ -76,7 +76,21 @@ FOLDER = object()  # a folder where the recipe file should be
 CASES: dict[str, tuple[str | bytes | object, list[str], str]] = {
     # --- issue 11: values checked only once the run had started --------------------------------
     "encoder width 0": (BASE, ["model.encoder.width=0"], "model.encoder.width: must be an integer >= 1, got 0"),
-    "clip_len 0 (before generating a world)": (SYNTHETIC, ["data.clip_len=0"], "data.clip_len: expected an integer >= 1, got 0"),
+    "clip_len 0 (before generating a world)": (SYNTHETIC, ["data.clips.clip_len=0"], "data.clips.clip_len: expected an integer >= 1, got 0"),
+    # --- the video datasets' nested clip-sampling table (checked against ClipSampling's fields) ----
+    "unknown key in [data.clips]": (SYNTHETIC, ["data.clips.clip_lne=4"], "data.clips.clip_lne: unknown key; did you mean 'clip_len'?"),
+    "a clip key written flat, as before the clips table": (
+        SYNTHETIC, ["data.clip_len=4"],
+        "data.clip_len: unknown key for dataset 'synthetic_humans'; it belongs in the settings table: write data.clips.clip_len",
+    ),
+    "unknown key in an eval dataset's clips": (
+        SYNTHETIC, ['eval.0.test_data={name = "synthetic_humans", clips = {num_crop = 2}}'],
+        "eval[0].test_data.clips.num_crop: unknown key; did you mean 'num_crops'?",
+    ),
+    "clips that is not a table": (SYNTHETIC, ["data.clips=8"], "data.clips: expected a table of clip_len, stride,"),
+    "crop larger than the world's frames": (
+        SYNTHETIC, ["data.clips.crop_size=40"], "data.clips.crop_size: 40 is larger than short_side 32; use crop_size <= short_side",
+    ),
     "blocks of the wrong length": (BASE, ["model.encoder.blocks=[1, 1]"], "model.encoder.blocks: must be a list of 4 integers >= 1, got [1, 1]"),
     "negative temperature": (BASE, ["tasks.contrastive.temperature=-0.1"], "tasks.contrastive.temperature: must be a number > 0, got -0.1"),
     "dataset root that does not exist": (
@@ -318,7 +332,7 @@ def test_refusals_in_a_real_process_are_one_line(kind, tmp_path):
 def test_plugin_commands_refuse_a_bad_recipe_with_exit_2(tmp_path):
     (tmp_path / "cwd").mkdir()
     videos = tmp_path / "videos.toml"  # check-videos reads the [data] dataset alone
-    videos.write_text(SYNTHETIC.replace('name = "synthetic_humans"', 'name = "synthetic_humans"\nclip_len = 0', 1))
+    videos.write_text(SYNTHETIC.replace('name = "synthetic_humans"', 'name = "synthetic_humans"\nclips = { clip_len = 0 }', 1))
     teacher = tmp_path / "teacher.toml"  # cache-teacher builds every component, the teacher once
     missing = tmp_path / "schp_lip.pth"
     teacher.write_text(BASE.replace(
@@ -326,7 +340,7 @@ def test_plugin_commands_refuse_a_bad_recipe_with_exit_2(tmp_path):
         f'teacher = {{ name = "schp", checkpoint = "{missing}" }}\n\n[tasks.probe]',
     ))
     for args, expected in (
-        (["check-videos", str(videos)], f"error: {videos}: data.clip_len: expected an integer >= 1, got 0"),
+        (["check-videos", str(videos)], f"error: {videos}: data.clips.clip_len: expected an integer >= 1, got 0"),
         (["cache-teacher", str(teacher)], f"error: {teacher}: tasks.parsing.teacher.checkpoint: SCHP checkpoint '{missing}' does not exist"),
     ):
         result = _hcframe(["--plugin", "hcframe_testkit", *args], tmp_path / "cwd", HCFRAME_CACHE=str(tmp_path / "cache"))

@@ -47,7 +47,7 @@ def _parsing_recipe(root, steps=4):
     if HAS_WANDB:
         loggers.append({"name": "wandb", "image_every": 2})
     raw = {
-        "data": {"name": "synthetic_humans", "root": str(root / "world"), "num_train": 8, "num_test": 2, "num_frames": 8, "clip_len": 4, "workers": 1},
+        "data": {"name": "synthetic_humans", "root": str(root / "world"), "num_train": 8, "num_test": 2, "num_frames": 8, "clips": {"clip_len": 4}, "workers": 1},
         "transform": {"name": "normalize"},
         "model": {"split": "layer2", "encoder": {"name": "tiny3d_test"}},
         "tasks": {

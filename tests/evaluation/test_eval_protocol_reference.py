@@ -113,7 +113,7 @@ def test_run_names_the_evaluation_whose_probe_hit_the_limit(tmp_path):
 # --- fine-tuning ------------------------------------------------------------------------------------
 def test_finetune_test_data_defaults_to_ten_clips_by_three_crops():
     test = {"name": "synthetic_humans", "subset": "test"}
-    own = {"name": "synthetic_humans", "subset": "test", "num_clips": 2, "num_crops": 1}
+    own = {"name": "synthetic_humans", "subset": "test", "clips": {"num_clips": 2, "num_crops": 1, "stride": 2}}
     recipe = parse_recipe(toy_raw(
         {"protocol": "finetune", "train_data": {"name": "synthetic_humans"}, "test_data": test},
         {"protocol": "finetune", "train_data": {"name": "synthetic_humans"}, "test_data": own, "label": "own"},
@@ -121,11 +121,13 @@ def test_finetune_test_data_defaults_to_ten_clips_by_three_crops():
         {"protocol": "linear_probe", "train_data": {"name": "synthetic_humans"}, "test_data": test},
     ))
     protocol, explicit, squares, probe = recipe.evaluations
-    assert (protocol["test_data"]["mode"], protocol["test_data"]["num_clips"], protocol["test_data"]["num_crops"]) == ("test", 10, 3)
-    assert (explicit["test_data"]["mode"], explicit["test_data"]["num_clips"], explicit["test_data"]["num_crops"]) == ("test", 2, 1)
-    assert protocol["train_data"]["mode"] == "train"
-    assert "mode" not in squares["test_data"]  # a dataset without these arguments is left alone
-    assert probe["test_data"]["mode"] == "train"  # only fine-tuning's protocol is changed
+    views = {k: protocol["test_data"]["clips"][k] for k in ("mode", "num_clips", "num_crops", "clip_len", "stride")}
+    assert views == {"mode": "test", "num_clips": 10, "num_crops": 3, "clip_len": 8, "stride": 1}  # the world's own clips
+    views = {k: explicit["test_data"]["clips"][k] for k in ("mode", "num_clips", "num_crops", "clip_len", "stride")}
+    assert views == {"mode": "test", "num_clips": 2, "num_crops": 1, "clip_len": 8, "stride": 2}  # key by key
+    assert protocol["train_data"]["clips"]["mode"] == "train"
+    assert "clips" not in squares["test_data"]  # a dataset that declares no multi-view arguments is left alone
+    assert probe["test_data"]["clips"]["mode"] == "train"  # only fine-tuning's protocol is changed
 
 
 class MirroredSquares(hcframe.VideoDataset):

@@ -24,6 +24,7 @@ from hcframe_parsing.cache import cache_teacher, cached_frame_indices, open_teac
 from hcframe_parsing.cli import cache_teacher_command
 from hcframe_parsing.schp import SCHPTeacher
 from hcframe_parsing.torchscript_teacher import TorchScriptTeacher
+from hcframe_video.clips import ClipSampling
 from hcframe_video.decode import decode_frames, probe_video
 from hcframe_video.partmaps import PartMapStore
 from parsing_helpers import random_schp_state, write_video
@@ -50,7 +51,8 @@ def tree(tmp_path) -> Path:
 
 
 def _dataset(root: Path, stride: int = 2):
-    return hcframe.get_registry().create("dataset", "video_folder", root=str(root), clip_len=3, stride=stride, short_side=16, crop_size=16)
+    return hcframe.get_registry().create("dataset", "video_folder", root=str(root),
+                                         clips=ClipSampling(clip_len=3, stride=stride, short_side=16, crop_size=16))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -197,10 +199,7 @@ def _recipe(tree: Path, parser: Path, cache: Path, stride: int = 2, teacher: str
 [data]
 name = "video_folder"
 root = "{tree}"
-clip_len = 3
-stride = {stride}
-short_side = 16
-crop_size = 16
+clips = {{ clip_len = 3, stride = {stride}, short_side = 16, crop_size = 16 }}
 
 [transform]
 name = "normalize"

@@ -3,6 +3,7 @@ samples through task.target_store(dataset), as the engine wires them."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 import torch
 from torch import nn
@@ -13,13 +14,15 @@ from hcframe.data import collate
 from hcframe_parsing.cache import cache_teacher
 from hcframe_parsing.torchscript_teacher import TorchScriptTeacher
 from hcframe_video.partmaps import LIP_LABELS
+from hcframe_video.synthetic.dataset import WORLD_CLIPS
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
 
 
 def _world(root):
     return hcframe.get_registry().create(
-        "dataset", "synthetic_humans", root=str(root), num_train=4, num_test=1, num_frames=8, workers=1, clip_len=4, num_clips=1
+        "dataset", "synthetic_humans", root=str(root), num_train=4, num_test=1, num_frames=8, workers=1,
+        clips=attrs.evolve(WORLD_CLIPS, clip_len=4, num_clips=1),
     )
 
 

@@ -127,7 +127,7 @@ def test_recipe_with_clips_too_short_for_the_speeds_fails_with_one_line(invoke, 
     result = invoke(["--plugin", "hcframe_testkit", "run", str(recipe), "-o", str(tmp_path / "r"), "--set", "data.frames=7"])
     assert result.exit_code == 1
     [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
-    assert "playback_speed: clips have 7 frames" in line and "need 8" in line and "data.clip_len" in line
+    assert "playback_speed: clips have 7 frames" in line and "need 8" in line and "data.clips.clip_len" in line
 
 
 # --- the components themselves --------------------------------------------------------------------

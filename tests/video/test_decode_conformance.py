@@ -19,7 +19,7 @@ import pytest
 
 from hcframe.data import BadVideo
 from hcframe_video.check import scan_video, videos_in_folder
-from hcframe_video.clips import VideoClipDataset
+from hcframe_video.clips import ClipSampling, VideoClipDataset
 from hcframe_video.datasets import VIDEO_EXTENSIONS, VideoFolder, VideoList
 from hcframe_video.decode import decode_boxes, decode_frames, probe_video
 from hcframe_video.prepare import transcode_video
@@ -223,11 +223,11 @@ def test_training_and_test_views_show_their_frame_indices(matrix, case):
     n = len(expected)
     common = {"short_side": 24, "crop_size": 24}  # a crop spans the frame's height: all bands visible
     # Training: one view over the whole video, then short strided views at random starts.
-    whole = VideoClipDataset([path], [0], ["x"], str(Path(path).parent), clip_len=n, stride=1, **common)
+    whole = VideoClipDataset([path], [0], ["x"], str(Path(path).parent), clips=ClipSampling(clip_len=n, stride=1, **common))
     sample = whole[(0, 0)]
     assert sample["frame_indices"][0].tolist() == list(range(n))
     np.testing.assert_array_equal(read_numbers(sample["views"].permute(0, 2, 3, 4, 1).numpy()), expected[None])
-    short = VideoClipDataset([path], [0], ["x"], str(Path(path).parent), clip_len=4, stride=5, **common)
+    short = VideoClipDataset([path], [0], ["x"], str(Path(path).parent), clips=ClipSampling(clip_len=4, stride=5, **common))
     short.num_views = 3
     for epoch in range(6):
         sample = short[(0, epoch)]
@@ -235,8 +235,8 @@ def test_training_and_test_views_show_their_frame_indices(matrix, case):
         shown = read_numbers(sample["views"].permute(0, 2, 3, 4, 1).numpy())
         np.testing.assert_array_equal(shown, expected[sample["frame_indices"].numpy()])
     # Testing: a clip at every start, so every index is the first frame of a clip once.
-    test = VideoClipDataset([path], [0], ["x"], str(Path(path).parent), clip_len=4, stride=1, mode="test",
-                            num_clips=n - 3, num_crops=2, crop_size=24)
+    test = VideoClipDataset([path], [0], ["x"], str(Path(path).parent),
+                            clips=ClipSampling(clip_len=4, stride=1, mode="test", num_clips=n - 3, num_crops=2, crop_size=24))
     sample = test[0]
     assert not isinstance(sample, BadVideo), sample
     assert sorted(set(sample["frame_indices"][:, 0].tolist())) == list(range(n - 3))
@@ -254,8 +254,8 @@ def test_no_valid_file_is_reported_bad_and_every_container_is_found(matrix, tmp_
         assert scan_video(path) == (path, None), case
     listing = tmp_path / "videos.txt"
     listing.write_text("".join(f"{CASES[case][0]} 0\n" for case in CASES))
-    videos = VideoList(str(listing), root=str(matrix), clip_len=8, stride=2, mode="test", num_clips=3, num_crops=1,
-                       crop_size=24)
+    videos = VideoList(str(listing), root=str(matrix),
+                       clips=ClipSampling(clip_len=8, stride=2, mode="test", num_clips=3, num_crops=1, crop_size=24))
     for i in range(len(videos)):
         sample = videos[i]
         assert not isinstance(sample, BadVideo), sample
@@ -270,4 +270,4 @@ def test_no_valid_file_is_reported_bad_and_every_container_is_found(matrix, tmp_
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(source)
     assert len(videos_in_folder(str(folder))) == len(found)
-    assert len(VideoFolder(str(folder), mode="test", crop_size=24)) == len(found)
+    assert len(VideoFolder(str(folder), clips=ClipSampling(mode="test", crop_size=24))) == len(found)

@@ -338,12 +338,12 @@ def test_padded_batch_crops_inside_each_frame_and_parts_follow_the_pixels():
 
 
 def test_videos_of_two_aspect_ratios_train_in_one_batch(tmp_path):
-    from hcframe_video.clips import VideoClipDataset
+    from hcframe_video.clips import ClipSampling, VideoClipDataset
 
     write_avi(tmp_path / "a" / "narrow.avi", num_frames=12)  # 32x24
     write_avi(tmp_path / "a" / "wide.avi", num_frames=12, width=48, height=24)
-    ds = VideoClipDataset(["a/narrow.avi", "a/wide.avi"], [0, 0], ["a"], str(tmp_path), clip_len=4, stride=1, short_side=12,
-                          crop_size=8)
+    ds = VideoClipDataset(["a/narrow.avi", "a/wide.avi"], [0, 0], ["a"], str(tmp_path),
+                          clips=ClipSampling(clip_len=4, stride=1, short_side=12, crop_size=8))
     ds.num_views = 2
     batch = collate([ds[0], ds[1]])
     assert batch["views"].shape == (2, 2, 3, 4, 12, 24) and batch["views_hw"].tolist() == [[12, 16], [12, 24]]

@@ -7,6 +7,7 @@ import shutil
 from click.testing import CliRunner
 
 from hcframe_video.check import check_videos_command
+from hcframe_video.clips import ClipSampling
 from hcframe_video.datasets import UCF101
 from hcframe_video.decode import probe_video
 from hcframe_video.prepare import prepare_command
@@ -27,7 +28,8 @@ def test_prepare_transcodes_keeps_layout_and_resumes(ucf_root, tmp_path):
     assert info.num_frames == source.num_frames and info.average_rate == source.average_rate
     assert not list(dst.rglob("*.partial.mp4"))
     # The split files name .avi; the dataset finds the .mp4 copies.
-    prepared = UCF101(str(dst), split=1, subset="train", clip_len=4, stride=2, short_side=16, crop_size=16)
+    prepared = UCF101(str(dst), split=1, subset="train",
+                      clips=ClipSampling(clip_len=4, stride=2, short_side=16, crop_size=16))
     assert len(prepared) == 9 and all(prepared.video_id(i).endswith(".mp4") for i in range(9))
     assert prepared[0]["views"].shape == (1, 3, 4, 16, 22)  # train views: the whole (prepared) frame
     # Resume: remove one output; only that one is redone.

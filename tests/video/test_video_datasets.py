@@ -5,20 +5,23 @@ from __future__ import annotations
 import shutil
 import warnings
 
+import attrs
 import pytest
 
 from hcframe.registry import get_registry
+from hcframe_video.clips import ClipSampling
 from hcframe_video.datasets import HMDB51, UCF101, Kinetics, VideoFolder, VideoList
 
 from video_testdata import HMDB_CLASSES, UCF_CLASSES, UCF_GROUPS, hmdb_name, ucf_name, write_mp4
 
-SMALL = dict(clip_len=4, stride=2, short_side=24, crop_size=16)
+SMALL = dict(clips=ClipSampling(clip_len=4, stride=2, short_side=24, crop_size=16))
 
 
 @pytest.mark.parametrize("split", [1, 2, 3])
 def test_ucf101_splits_have_the_right_videos_and_labels(ucf_root, split):
     train = UCF101(str(ucf_root), split=split, subset="train", **SMALL)
-    test = UCF101(str(ucf_root), split=split, subset="test", mode="test", num_clips=2, num_crops=1, **SMALL)
+    test = UCF101(str(ucf_root), split=split, subset="test",
+                  clips=attrs.evolve(SMALL["clips"], mode="test", num_clips=2, num_crops=1))
     assert train.class_names == tuple(UCF_CLASSES)
     assert len(train) == 9 and len(test) == 3
     test_group = UCF_GROUPS[split - 1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hcframe.data import BadVideo, TargetStore, collate, sample_generator
-from hcframe_video.clips import BadVideoError, VideoClipDataset, area_resample_box, clip_frame_indices
+from hcframe_video.clips import BadVideoError, ClipSampling, VideoClipDataset, area_resample_box, clip_frame_indices
 from hcframe_video.decode import decode_frames, plan_segments, probe_video, resized_size
 
 from video_testdata import frame_level, write_avi, write_mp4, write_video
@@ -54,13 +54,14 @@ def test_union_decode_equals_separate_decodes(videos, kind):
 
 
 def test_two_view_sample_is_whole_resized_frames_matching_separate_decodes(videos):
-    ds = VideoClipDataset(["v.mp4"], [0], ["x"], str(videos["root"]), clip_len=4, stride=3, short_side=20, crop_size=16)
+    ds = VideoClipDataset(["v.mp4"], [0], ["x"], str(videos["root"]),
+                          clips=ClipSampling(clip_len=4, stride=3, short_side=20, crop_size=16))
     ds.num_views = 2
     sample = ds[(0, 3)]
     # Train views keep the whole frame, short side resized to short_side (32x24 -> 27x20): the
     # random resized crop is the batch transform's, over the whole frame.
     assert sample["views"].shape == (2, 3, 4, 20, 27) and sample["views"].dtype == torch.uint8
-    plans = ds.plan_views(ds.video_info(0), sample_generator(ds.seed, 3, 0))
+    plans = ds.plan_views(ds.video_info(0), sample_generator(ds.clips.seed, 3, 0))
     assert plans[0].resize == resized_size(32, 24, 20) == (27, 20)
     for v, plan in enumerate(plans):
         assert sample["frame_indices"][v].tolist() == plan.frame_indices
@@ -78,8 +79,8 @@ def test_two_view_sample_is_whole_resized_frames_matching_separate_decodes(video
 
 
 def test_test_mode_views_cover_clips_and_crops(videos):
-    ds = VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]), clip_len=4, stride=2, crop_size=16, mode="test",
-                          num_clips=5, num_crops=3)
+    ds = VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]),
+                          clips=ClipSampling(clip_len=4, stride=2, crop_size=16, mode="test", num_clips=5, num_crops=3))
     ds.num_views = 2  # ignored in test mode
     sample = ds[0]
     assert sample["views"].shape == (15, 3, 4, 16, 16) and ds.views_per_sample == 15
@@ -94,7 +95,8 @@ def test_test_mode_views_cover_clips_and_crops(videos):
 
 
 def test_short_video_is_clamped(videos):
-    ds = VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]), clip_len=16, stride=4, short_side=24, crop_size=16)
+    ds = VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]),
+                          clips=ClipSampling(clip_len=16, stride=4, short_side=24, crop_size=16))
     assert clip_frame_indices(0, 16, 4, 40)[-1] == 39
     indices = ds[0]["frame_indices"][0].tolist()
     assert indices[0] == 0 and indices[9] == 36 and indices[10:] == [39] * 6
@@ -121,8 +123,8 @@ class CoordinateStore(TargetStore):
 
 
 def test_parts_cover_the_whole_frame_like_the_pixels(videos):
-    ds = VideoClipDataset(["v.mp4"], [0], ["x"], str(videos["root"]), clip_len=5, stride=1, short_side=24, crop_size=16,
-                          part_size=4)
+    ds = VideoClipDataset(["v.mp4"], [0], ["x"], str(videos["root"]),
+                          clips=ClipSampling(clip_len=5, stride=1, short_side=24, crop_size=16, part_size=4))
     ds.num_views = 3
     # A store at the resized frame's resolution (32x24); train views are the whole 32x24 frame and
     # the parts cover it at part_size / crop_size = 1/4 of the pixel density: 4x4 block means.
@@ -147,8 +149,8 @@ def test_parts_cover_the_whole_frame_like_the_pixels(videos):
 
 
 def test_parts_from_a_coarser_store_follow_the_x_coordinate(videos):
-    ds = VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]), clip_len=2, stride=1, short_side=24, crop_size=16,
-                          part_size=8)
+    ds = VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]),
+                          clips=ClipSampling(clip_len=2, stride=1, short_side=24, crop_size=16, part_size=8))
     ds.target_store = CoordinateStore(7, 5)  # not a divisor of anything
     sample = ds[(0, 1)]
     plan = ds.plan_views(ds.video_info(0), sample_generator(0, 1, 0))[0]
@@ -187,8 +189,8 @@ def test_area_resample_matches_supersampled_reference():
 
 def test_bad_videos_are_returned_with_path_and_reason(mixed_root):
     names = ["good/a.avi", "bad/truncated.avi", "good/b.mp4", "bad/empty.mp4", "bad/corrupt.mp4", "good/c.mkv"]
-    ds = VideoClipDataset(names, [0, 1, 0, 1, 1, 0], ["good", "bad"], str(mixed_root), clip_len=4, stride=2,
-                          short_side=24, crop_size=16, mode="test", num_clips=2, num_crops=1)
+    ds = VideoClipDataset(names, [0, 1, 0, 1, 1, 0], ["good", "bad"], str(mixed_root),
+                          clips=ClipSampling(clip_len=4, stride=2, short_side=24, crop_size=16, mode="test", num_clips=2, num_crops=1))
     results = [ds[i] for i in range(len(ds))]
     bad = {r.path: r.reason for r in results if isinstance(r, BadVideo)}
     assert set(bad) == {str(mixed_root / n) for n in names if n.startswith("bad/")}
@@ -198,8 +200,8 @@ def test_bad_videos_are_returned_with_path_and_reason(mixed_root):
     batch = collate(results)
     assert batch["views"].shape[0] == 3 and [b.index for b in batch["bad_videos"]] == [1, 3, 4]
 
-    strict = VideoClipDataset(names, [0, 1, 0, 1, 1, 0], ["good", "bad"], str(mixed_root), clip_len=4, stride=2,
-                              short_side=24, crop_size=16, on_bad_video="raise")
+    strict = VideoClipDataset(names, [0, 1, 0, 1, 1, 0], ["good", "bad"], str(mixed_root),
+                              clips=ClipSampling(clip_len=4, stride=2, short_side=24, crop_size=16, on_bad_video="raise"))
     assert isinstance(strict[0], dict)
     with pytest.raises(BadVideoError, match=r"corrupt\.mp4: cannot open") as info:
         strict[4]
@@ -216,9 +218,9 @@ def test_bad_videos_are_returned_with_path_and_reason(mixed_root):
         ({"stride": 1.5}, "stride"),
     ],
 )
-def test_constructor_validates_arguments(videos, kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        VideoClipDataset(["v.avi"], [0], ["x"], str(videos["root"]), **kwargs)
+def test_clip_sampling_validates_its_fields(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}: "):
+        ClipSampling(**kwargs)
 
 
 def test_labels_and_ids(videos):

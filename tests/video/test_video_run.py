@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 from click.testing import CliRunner
 
@@ -12,7 +13,7 @@ from hcframe.recipe import dump_toml
 
 def _recipe(tmp_path, root, max_bad_fraction):
     raw = {
-        "data": {"name": "video_folder", "root": str(root), "clip_len": 4, "stride": 1, "short_side": 16, "crop_size": 16},
+        "data": {"name": "video_folder", "root": str(root), "clips": {"clip_len": 4, "stride": 1, "short_side": 16, "crop_size": 16}},
         "transform": {"name": "normalize"},
         "model": {"encoder": {"name": "tiny3d_test"}},
         "tasks": {"sup": {"name": "supervised", "num_classes": 2}},
@@ -34,6 +35,13 @@ def test_bad_videos_are_skipped_listed_and_counted(mixed_root, tmp_path):
     assert all(reason for reason in bad.values())
     for name in bad:  # reported once each, with the path
         assert result.stderr.count(f"{name}:") == 1
+    # The run directory's resolved recipe writes the nested clips table out with every default.
+    written = tomllib.loads((tmp_path / "run" / "recipe.toml").read_text())
+    assert written["data"]["clips"] == {
+        "clip_len": 4, "stride": 1, "short_side": 16, "crop_size": 16, "mode": "train", "num_clips": 10, "num_crops": 3,
+        "seed": 0, "on_bad_video": "skip", "part_size": 0,
+    }  # fmt: skip
+    assert "[data.clips]" in (tmp_path / "run" / "recipe.toml").read_text()
 
 
 def test_too_many_bad_videos_stop_the_run_with_a_clear_message(mixed_root, tmp_path):

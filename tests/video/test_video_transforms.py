@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hcframe.registry import get_registry
+from hcframe_video.clips import ClipSampling
 from hcframe_video.transforms import VideoAugment
 
 B, V, T, S = 6, 2, 3, 24
@@ -134,7 +135,7 @@ def test_dataset_batch_through_the_transform(mixed_root):
             return torch.full((2, len(frame_indices), 6, 8), 0.5)
 
     ds = VideoClipDataset(["good/a.avi", "good/b.mp4", "bad/empty.mp4"], [0, 1, 0], ["a", "b"], str(mixed_root),
-                          clip_len=4, stride=2, short_side=24, crop_size=16, part_size=4)
+                          clips=ClipSampling(clip_len=4, stride=2, short_side=24, crop_size=16, part_size=4))
     ds.num_views, ds.target_store = 2, HalfStore()
     batch = collate([ds[(i, 0)] for i in range(3)])
     # Whole 32x24 frames; parts over the whole frame at 4 cells per 16 pixels.
@@ -175,7 +176,7 @@ def test_declared_clip_shape_follows_the_dataset_and_transform_arguments():
 
     quickstart = Path(__file__).resolve().parents[2] / "examples" / "quickstart.toml"
     assert training_clip_shape(load_recipe(quickstart)) == (8, 32, 32)
-    assert training_clip_shape(load_recipe(quickstart, ["data.clip_len=4", "transform.crop_size=24"])) == (4, 24, 24)
-    assert training_clip_shape(load_recipe(quickstart, ['transform={name = "normalize"}', "data.crop_size=20"])) == (8, 20, 20)
-    ucf = load_recipe(quickstart, ['data={name = "ucf101", root = "/nonexistent", clip_len = 16, crop_size = 112}', "transform.crop_size=96"])
+    assert training_clip_shape(load_recipe(quickstart, ["data.clips.clip_len=4", "transform.crop_size=24"])) == (4, 24, 24)
+    assert training_clip_shape(load_recipe(quickstart, ['transform={name = "normalize"}', "data.clips.crop_size=20"])) == (8, 20, 20)
+    ucf = load_recipe(quickstart, ['data={name = "ucf101", root = "/nonexistent", clips = {clip_len = 16, crop_size = 112}}', "transform.crop_size=96"])
     assert training_clip_shape(ucf) == (16, 96, 96)

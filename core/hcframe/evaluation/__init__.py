@@ -7,8 +7,8 @@ on a checkpoint (``hcframe eval RECIPE --checkpoint P``, results in ``<run dir>/
     [[eval]]
     protocol = "linear_probe"          # or "multiview", "retrieval", "finetune"
     branch = "concat"                  # a task's branch, or all branches concatenated
-    train_data = { name = "ucf101", root = "data/ucf101", subset = "train", mode = "test", num_clips = 1, num_crops = 1 }
-    test_data = { name = "ucf101", root = "data/ucf101", subset = "test", mode = "test", num_clips = 10, num_crops = 3 }
+    train_data = { name = "ucf101", root = "data/ucf101", subset = "train", clips = { mode = "test", num_clips = 1, num_crops = 1 } }
+    test_data = { name = "ucf101", root = "data/ucf101", subset = "test", clips = { mode = "test", num_clips = 10, num_crops = 3 } }
     splits = [1, 2, 3]                 # each split, then their mean
 
 Results: ``{"linear_probe/ucf101/concat/split1": {"top1": 0.61, "top5": 0.85, ...}, ...,

@@ -3,7 +3,7 @@
 A cache file ``<cache_dir>/<key>.pt`` holds the features of one dataset under one model. The key
 is the SHA-256 of a JSON description of everything the features depend on: the weights of the
 encoder path (shared trunk and the branches ``branch`` uses, buffers included), the branch, the
-dataset component table (which fixes the split, the test mode, ``num_clips``, ``num_crops``), the
+dataset component table (which fixes the split and the views: test mode, clips, crops), the
 evaluation transform's table, the device type and the autocast precision. The description is
 stored in the file and checked on load, so a hash collision or a stale file is never used.
 

@@ -1,6 +1,6 @@
 """Multi-view testing: every test view scored alone, and the views' scores averaged per video.
 
-A test-mode dataset returns ``num_clips x num_crops`` views of each video (``views`` ``[V, 3, T, H,
+A test-mode dataset returns several views of each video (clips x crops: ``views`` ``[V, 3, T, H,
 W]``). ``clip_top1`` scores every view alone; video-level ``top1`` / ``top5`` average the views'
 softmax probabilities (:func:`hcframe.evaluation.metrics.video_level_scores`). The ``multiview``
 protocol applies it to the linear probe; fine-tuning always reports it for its classifier.

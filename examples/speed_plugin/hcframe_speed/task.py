@@ -62,7 +62,7 @@ class PlaybackSpeedPrediction(hcframe.PretextTask):
       start position says nothing about the speed.
     - ``dropout`` (float in [0, 1), default 0): dropout before the linear head.
 
-    The dataset's clips must have at least ``frames * max(speeds)`` frames (``data.clip_len``);
+    The dataset's clips must have at least ``frames * max(speeds)`` frames (``data.clips.clip_len`` of the video datasets);
     with the defaults that is 16. Shorter clips stop the run with a message saying so.
     """
 
@@ -118,7 +118,7 @@ class PlaybackSpeedPrediction(hcframe.PretextTask):
         if length < self.min_clip_len:
             raise ValueError(
                 f"playback_speed: clips have {length} frames but frames={self.frames} at speeds up to "
-                f"{max(self.speeds)} need {self.min_clip_len}; raise data.clip_len or lower frames / speeds"
+                f"{max(self.speeds)} need {self.min_clip_len}; raise data.clips.clip_len or lower frames / speeds"
             )
         labels = torch.randint(len(self.speeds), (view.shape[0],), device=view.device)
         clips = resample_at_speeds(view, self.speed_values[labels], self.frames, self.random_start)

@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 import hcframe
+from hcframe_video.clips import ClipSampling
 from hcframe_video.decode import DecodeError, decode_frames, probe_video
 from hcframe_video.partmaps import CODECS, PartMapError, PartMapStore, PartMapWriter
 
@@ -159,12 +160,19 @@ def open_teacher_cache(path: str | Path, teacher: hcframe.Teacher) -> PartMapSto
     return store
 
 
+def clip_stride(dataset: Any) -> int | None:
+    """The frame step inside ``dataset``'s clips (its :class:`~hcframe_video.clips.ClipSampling`
+    ``stride``); ``None`` for a dataset that does not cut clips that way."""
+    clips = getattr(dataset, "clips", None)
+    return clips.stride if isinstance(clips, ClipSampling) else None
+
+
 def frame_step_mismatch(store: PartMapStore, dataset: Any) -> str | None:
     """A one-line note when ``store`` holds every k-th frame (k > 1) but ``dataset``'s clips step
     by a ``stride`` that is not a multiple of k: clip frames then share stored frames (stride 1
     and k 2 read frames 0, 0, 2, 2, ...). ``None`` when the steps fit or are unknown."""
     every_k = store.identity.get("every_k", 1) if isinstance(store.identity, dict) else 1
-    stride = getattr(dataset, "stride", None)
+    stride = clip_stride(dataset)
     if not isinstance(every_k, int) or every_k <= 1 or not isinstance(stride, int) or stride % every_k == 0:
         return None
     return (

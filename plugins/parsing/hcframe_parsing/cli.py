@@ -39,8 +39,10 @@ def _pick_task(recipe, task_name: str | None):
 
 def _every_k(value: str, dataset, source: str) -> int:
     if value == "stride":
-        stride = getattr(dataset, "stride", None)
-        if not isinstance(stride, int) or stride < 1:
+        from hcframe_parsing.cache import clip_stride
+
+        stride = clip_stride(dataset)
+        if stride is None:
             _fail(f"{source}: --every-k stride: the dataset {type(dataset).__name__} has no clip stride; give a number", 2)
         return stride
     try:

@@ -2,7 +2,8 @@
 
 Sampling, exactly
 -----------------
-A clip is ``clip_len`` frames ``start, start + stride, ...``. Frame numbers are defined in
+The names below are the fields of :class:`ClipSampling`, every dataset's ``clips`` argument (a
+nested ``[data.clips]`` table in a recipe). A clip is ``clip_len`` frames ``start, start + stride, ...``. Frame numbers are defined in
 :mod:`hcframe_video.decode`. A video shorter than the clip's span ``(clip_len - 1) * stride + 1``
 is **clamped**: indices past the last frame repeat the last frame (looping would put a cut into
 the clip; clamping keeps the motion and then holds still).
@@ -50,8 +51,9 @@ A file that cannot be opened or decoded (corrupt, truncated, empty, no video str
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Literal, Sequence
 
+import attrs
 import numpy as np
 import torch
 
@@ -59,7 +61,7 @@ from hcframe.data import BadVideo, ClipShape, VideoDataset, sample_generator, sp
 
 from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_frames, resized_size
 
-__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "check_clip_arguments", "clip_frame_indices"]
+__all__ = ["BadVideoError", "ClipPlan", "ClipSampling", "VideoClipDataset", "area_resample_box", "clip_frame_indices"]
 
 MODES = ("train", "test")
 ON_BAD = ("skip", "raise")
@@ -145,50 +147,94 @@ class ClipPlan:
         return (self.x / w, self.y / h, (self.x + cw) / w, (self.y + ch) / h)
 
 
-def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
+def _integer_at_least(minimum: int) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f"{attribute.name}: expected an integer >= {minimum}, got {value!r}")
+
+    return check
 
 
-def check_clip_arguments(
-    *,
-    clip_len: int,
-    stride: int,
-    short_side: int,
-    crop_size: int,
-    mode: str,
-    num_clips: int,
-    num_crops: int,
-    seed: int,
-    on_bad_video: str,
-    part_size: int,
-) -> dict[str, Any]:
-    """The clip arguments of :class:`VideoClipDataset`, checked (``ValueError`` naming the
-    argument) and as plain ints. Datasets that do work before calling
-    ``VideoClipDataset.__init__`` (the synthetic world is generated first) check them with this
-    before that work."""
-    checked: dict[str, Any] = {
-        "clip_len": _positive_int("clip_len", clip_len),
-        "stride": _positive_int("stride", stride),
-        "short_side": _positive_int("short_side", short_side),
-        "crop_size": _positive_int("crop_size", crop_size),
-    }
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "train" and checked["crop_size"] > checked["short_side"]:
-        raise ValueError(f"crop_size: {crop_size} is larger than short_side {short_side}; use crop_size <= short_side")
-    checked["mode"] = mode
-    checked["num_clips"] = _positive_int("num_clips", num_clips)
-    checked["num_crops"] = _positive_int("num_crops", num_crops)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed: expected an integer, got {seed!r}")
-    checked["seed"] = int(seed)
-    if on_bad_video not in ON_BAD:
-        raise ValueError(f"on_bad_video: expected one of {', '.join(ON_BAD)}, got {on_bad_video!r}")
-    checked["on_bad_video"] = on_bad_video
-    checked["part_size"] = _positive_int("part_size", part_size, minimum=0)
-    return checked
+def _integer(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{attribute.name}: expected an integer, got {value!r}")
+
+
+def _one_of(options: tuple[str, ...]) -> Callable[[Any, attrs.Attribute, Any], None]:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in options:
+            raise ValueError(f"{attribute.name}: expected one of {', '.join(options)}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class ClipSampling:
+    """How a dataset cuts clips out of its videos (the module docstring gives the protocol): the
+    ``clips`` argument of every file-based dataset, a nested table in a recipe::
+
+        [data.clips]
+        clip_len = 8
+        stride = 1
+
+    Keys a table does not set keep the dataset's own defaults (those below, except for
+    ``synthetic_humans``). An unknown key or a bad value is refused before any work, naming it.
+
+    clip_len: frames per clip. stride: frame step inside a clip.
+    short_side: train mode resizes frames so the short side is this many pixels, and keeps the
+        whole frame (the batch transform crops). 0: the frames' own short side, for a dataset that
+        knows it before decoding (the synthetic world); file datasets need a number.
+    crop_size: side of the test-mode square crops (see ``num_crops``); in train mode it only sets
+        the part maps' density (``part_size`` cells per ``crop_size`` pixels). 0: ``short_side``.
+    mode: ``"train"`` (random clips of whole frames, ``num_views`` per sample) or ``"test"``
+        (``num_clips`` uniform clips x ``num_crops`` crops per sample).
+    num_clips, num_crops: test-mode views (``num_crops`` spread along the long side).
+    seed: base of every random draw (with epoch and index).
+    on_bad_video: ``"skip"`` returns :class:`hcframe.BadVideo`; ``"raise"`` raises.
+    part_size: side of the part-target maps of a ``crop_size`` crop (0: ``crop_size // 4``).
+    """
+
+    clip_len: int = attrs.field(default=16, validator=_integer_at_least(1))
+    stride: int = attrs.field(default=2, validator=_integer_at_least(1))
+    short_side: int = attrs.field(default=128, validator=_integer_at_least(0))
+    crop_size: int = attrs.field(default=112, validator=_integer_at_least(0))
+    mode: Literal["train", "test"] = attrs.field(default="train", validator=_one_of(MODES))
+    num_clips: int = attrs.field(default=10, validator=_integer_at_least(1))
+    num_crops: int = attrs.field(default=3, validator=_integer_at_least(1))
+    seed: int = attrs.field(default=0, validator=_integer)
+    on_bad_video: Literal["skip", "raise"] = attrs.field(default="skip", validator=_one_of(ON_BAD))
+    part_size: int = attrs.field(default=0, validator=_integer_at_least(0))
+
+    def __attrs_post_init__(self) -> None:
+        # Train views are whole frames cropped later; a crop larger than the frame cannot be cut.
+        if self.mode == "train" and self.short_side and self.crop_size > self.short_side:
+            raise ValueError(
+                f"crop_size: {self.crop_size} is larger than short_side {self.short_side}; use crop_size <= short_side"
+            )
+
+    @classmethod
+    def checked(cls, value: Any) -> ClipSampling:
+        """``value`` when it is a :class:`ClipSampling` (a recipe table is made one before any
+        dataset sees it); else ``TypeError`` naming the argument."""
+        if not isinstance(value, cls):
+            raise TypeError(f"clips: expected a ClipSampling, got {type(value).__name__} {value!r}")
+        return value
+
+    def resolved(self, frame_short_side: int = 0) -> ClipSampling:
+        """These settings with every 0 replaced by what it stands for: ``short_side`` by
+        ``frame_short_side`` (0: not known, an error), ``crop_size`` by ``short_side``,
+        ``part_size`` by ``crop_size // 4``. Errors name the key as ``clips.<key>``."""
+        short = self.short_side or frame_short_side
+        if short < 1:
+            raise ValueError(
+                "clips.short_side: 0 (the frames' own short side) needs a dataset that knows its frame size; "
+                "set short_side >= 1"
+            )
+        crop = self.crop_size or short
+        try:
+            return attrs.evolve(self, short_side=short, crop_size=crop, part_size=self.part_size or max(1, crop // 4))
+        except ValueError as exc:  # the resolved sizes disagree (a crop larger than the frames)
+            raise ValueError(f"clips.{exc}") from None
 
 
 class VideoClipDataset(VideoDataset):
@@ -199,17 +245,7 @@ class VideoClipDataset(VideoDataset):
         labels: class index per video (``-1``: unlabelled).
         class_names: label names (may be empty for unlabelled data).
         root: the dataset folder; ``video_id(i)`` is the path relative to it.
-        clip_len: frames per clip. stride: frame step inside a clip.
-        short_side: train mode resizes frames so the short side is this many pixels, and keeps
-            the whole frame (the batch transform crops).
-        crop_size: side of the test-mode square crops (see ``num_crops``); in train mode it only
-            sets the part maps' density (``part_size`` cells per ``crop_size`` pixels).
-        mode: ``"train"`` (random clips of whole frames, ``num_views`` per sample) or ``"test"``
-            (``num_clips`` uniform clips x ``num_crops`` crops per sample).
-        num_clips, num_crops: test-mode views (``num_crops`` spread along the long side).
-        seed: base of every random draw (with epoch and index).
-        on_bad_video: ``"skip"`` returns :class:`hcframe.BadVideo`; ``"raise"`` raises.
-        part_size: side of the part-target maps of a ``crop_size`` crop (0: ``crop_size // 4``).
+        clips: how clips are cut (:class:`ClipSampling`); ``self.clips`` holds them resolved (no 0s).
     """
 
     def __init__(
@@ -219,29 +255,12 @@ class VideoClipDataset(VideoDataset):
         class_names: Sequence[str],
         root: str,
         *,
-        clip_len: int = 16,
-        stride: int = 2,
-        short_side: int = 128,
-        crop_size: int = 112,
-        mode: str = "train",
-        num_clips: int = 10,
-        num_crops: int = 3,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = ClipSampling(),
     ) -> None:
         super().__init__()
         if len(paths) != len(labels):
             raise ValueError(f"labels: expected one label per video ({len(paths)}), got {len(labels)}")
-        checked = check_clip_arguments(
-            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
-        self.clip_len, self.stride = checked["clip_len"], checked["stride"]
-        self.short_side, self.crop_size, self.mode = checked["short_side"], checked["crop_size"], checked["mode"]
-        self.num_clips, self.num_crops, self.seed = checked["num_clips"], checked["num_crops"], checked["seed"]
-        self.on_bad_video = checked["on_bad_video"]
-        self.part_size = checked["part_size"] or max(1, self.crop_size // 4)
+        self.clips = ClipSampling.checked(clips).resolved()
         self.root = os.path.abspath(os.fspath(root))
         self.class_names = tuple(str(c) for c in class_names)
         n_classes = len(self.class_names)
@@ -267,8 +286,13 @@ class VideoClipDataset(VideoDataset):
     @classmethod
     def clip_shape(cls, **args: Any) -> ClipShape:
         """``clip_len`` frames of ``crop_size`` x ``crop_size`` pixels (train and test views)."""
-        a = cls.arguments(**args)
-        return ClipShape(a["clip_len"], a["crop_size"], a["crop_size"])
+        clips = ClipSampling.checked(cls.arguments(**args)["clips"]).resolved()
+        return ClipShape(clips.clip_len, clips.crop_size, clips.crop_size)
+
+    @classmethod
+    def multiview_arguments(cls, num_clips: int, num_crops: int) -> dict[str, Any]:
+        """Test mode, ``num_clips`` uniform clips x ``num_crops`` crops per video."""
+        return {"clips": {"mode": "test", "num_clips": num_clips, "num_crops": num_crops}}
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -285,10 +309,10 @@ class VideoClipDataset(VideoDataset):
     @property
     def views_per_sample(self) -> int:
         """``V`` of the ``views`` tensor: ``num_views`` in train mode, clips x crops in test mode."""
-        return self.num_views if self.mode == "train" else self.num_clips * self.num_crops
+        return self.num_views if self.clips.mode == "train" else self.clips.num_clips * self.clips.num_crops
 
     def clip_span(self) -> int:
-        return (self.clip_len - 1) * self.stride + 1
+        return (self.clips.clip_len - 1) * self.clips.stride + 1
 
     # --- sampling (override to change the protocol) ---------------------------------------------
     def video_info(self, index: int) -> VideoInfo:
@@ -298,21 +322,21 @@ class VideoClipDataset(VideoDataset):
     def plan_views(self, info: VideoInfo, generator: torch.Generator) -> list[ClipPlan]:
         """The frames and crop of every view of one sample."""
         max_start = max(0, info.num_frames - self.clip_span())
-        c = self.crop_size
-        if self.mode == "train":
-            resize = resized_size(info.width, info.height, self.short_side)
+        c = self.clips.crop_size
+        if self.clips.mode == "train":
+            resize = resized_size(info.width, info.height, self.clips.short_side)
             plans = []
             for _ in range(self.num_views):
                 start = int(torch.randint(0, max_start + 1, (1,), generator=generator))
-                indices = clip_frame_indices(start, self.clip_len, self.stride, info.num_frames)
+                indices = clip_frame_indices(start, self.clips.clip_len, self.clips.stride, info.num_frames)
                 plans.append(ClipPlan(indices, resize, 0, 0, size=resize))  # the whole frame
             return plans
         resize = resized_size(info.width, info.height, c)
         landscape = resize[0] >= resize[1]
-        offsets = _uniform_positions((resize[0] if landscape else resize[1]) - c, self.num_crops)
+        offsets = _uniform_positions((resize[0] if landscape else resize[1]) - c, self.clips.num_crops)
         plans = []
-        for start in _uniform_positions(max_start, self.num_clips):
-            indices = clip_frame_indices(start, self.clip_len, self.stride, info.num_frames)
+        for start in _uniform_positions(max_start, self.clips.num_clips):
+            indices = clip_frame_indices(start, self.clips.clip_len, self.clips.stride, info.num_frames)
             for offset in offsets:
                 x, y = (offset, (resize[1] - c) // 2) if landscape else ((resize[0] - c) // 2, offset)
                 plans.append(ClipPlan(indices, resize, x, y))
@@ -334,18 +358,18 @@ class VideoClipDataset(VideoDataset):
             return self._sample(index, epoch)
         except DecodeError as exc:
             path = self.video_path(index)
-            if self.on_bad_video == "raise":
+            if self.clips.on_bad_video == "raise":
                 raise BadVideoError(f"{path}: {exc} (set on_bad_video = \"skip\" to skip bad videos)") from None
             return BadVideo(index=index, path=path, reason=str(exc))
 
     def _sample(self, index: int, epoch: int) -> dict[str, Any]:
         info = self.video_info(index)
-        plans = self.plan_views(info, sample_generator(self.seed, epoch, index))
+        plans = self.plan_views(info, sample_generator(self.clips.seed, epoch, index))
         unique = sorted({i for p in plans for i in p.frame_indices})
         frames, unique = self.read_frames(index, unique, plans[0].resize)  # views share the resize
         lookup = np.asarray(unique)
-        cw, ch = plans[0].crop_size(self.crop_size)  # views share the crop size
-        views = np.empty((len(plans), 3, self.clip_len, ch, cw), dtype=np.uint8)
+        cw, ch = plans[0].crop_size(self.clips.crop_size)  # views share the crop size
+        views = np.empty((len(plans), 3, self.clips.clip_len, ch, cw), dtype=np.uint8)
         for v, plan in enumerate(plans):
             rows = np.searchsorted(lookup, plan.frame_indices)
             views[v] = frames[rows, plan.y : plan.y + ch, plan.x : plan.x + cw].transpose(3, 0, 1, 2)
@@ -367,17 +391,18 @@ class VideoClipDataset(VideoDataset):
                 "expected [K, frames, h, w]"
             )
         lookup = np.asarray(unique)
-        cw, ch = plans[0].crop_size(self.crop_size)
+        crop, part = self.clips.crop_size, self.clips.part_size
+        cw, ch = plans[0].crop_size(crop)
         # part_size cells per crop_size pixels, along both sides of the view.
-        size = (max(1, round(ch * self.part_size / self.crop_size)), max(1, round(cw * self.part_size / self.crop_size)))
+        size = (max(1, round(ch * part / crop)), max(1, round(cw * part / crop)))
         out = []
         for plan in plans:
             rows = torch.from_numpy(np.searchsorted(lookup, plan.frame_indices))
-            out.append(area_resample_box(maps[:, rows], plan.normalised_box(self.crop_size), size))
+            out.append(area_resample_box(maps[:, rows], plan.normalised_box(crop), size))
         return torch.stack(out).to(torch.float16)
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}({len(self)} videos, {self.num_classes} classes, root={self.root!r}, "
-            f"mode={self.mode!r}, clip_len={self.clip_len}, stride={self.stride})"
+            f"mode={self.clips.mode!r}, clip_len={self.clips.clip_len}, stride={self.clips.stride})"
         )

@@ -1,8 +1,8 @@
 """The real benchmarks and a user's own videos, as :class:`~hcframe_video.clips.VideoClipDataset`s.
 
-Every dataset here takes the clip arguments of :class:`VideoClipDataset` (``clip_len``, ``stride``,
-``short_side``, ``crop_size``, ``mode``, ``num_clips``, ``num_crops``, ``seed``, ``on_bad_video``,
-``part_size``) and forwards them unchanged. Pre-training ignores the labels; evaluation uses the
+Every dataset here takes how clips are cut as one argument, ``clips``
+(:class:`~hcframe_video.clips.ClipSampling`; a nested ``[data.clips]`` table in a recipe), and hands
+it to :class:`VideoClipDataset` unchanged. Pre-training ignores the labels; evaluation uses the
 same objects with ``subset`` and ``mode`` chosen accordingly.
 
 Prepared copies
@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Iterable, Sequence
 
-from hcframe_video.clips import VideoClipDataset
+from hcframe_video.clips import ClipSampling, VideoClipDataset
 from hcframe_video.decode import VIDEO_EXTENSIONS
 
 __all__ = [
@@ -61,6 +61,14 @@ def _require_file(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: {what} not found")
     return path
+
+
+def _annotation_folder(root: str, given: str, default_name: str, what: str) -> str:
+    """``given``; empty: ``<root>/<default_name>`` if that folder exists, else ``root``. Checked."""
+    if not given:
+        default = os.path.join(root, default_name)
+        given = default if os.path.isdir(default) else root
+    return _require_dir(os.path.abspath(given), what)
 
 
 def _check_split(split: int) -> int:
@@ -109,23 +117,11 @@ class UCF101(VideoClipDataset):
         split: int = 1,
         subset: str = "train",
         *,
-        clip_len: int = 16,
-        stride: int = 2,
-        short_side: int = 128,
-        crop_size: int = 112,
-        mode: str = "train",
-        num_clips: int = 10,
-        num_crops: int = 3,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = ClipSampling(),
     ) -> None:
         root = _require_dir(os.path.abspath(root), "UCF101 root")
         split, subset = _check_split(split), _check_subset(subset)
-        if not annotations:
-            default = os.path.join(root, "ucfTrainTestlist")
-            annotations = default if os.path.isdir(default) else root
-        annotations = _require_dir(os.path.abspath(annotations), "UCF101 annotations folder")
+        annotations = _annotation_folder(root, annotations, "ucfTrainTestlist", "UCF101 annotations folder")
         class_file = _require_file(os.path.join(annotations, "classInd.txt"), "UCF101 classInd.txt (lines '<1-based index> <ClassName>')")
         class_names = self._read_class_index(class_file)
         by_lower = {name.lower(): k for k, name in enumerate(class_names)}
@@ -147,11 +143,7 @@ class UCF101(VideoClipDataset):
             listed.append(rel)
             labels.append(label)
         paths = _resolve_all(root, listed, list_file)
-        super().__init__(
-            paths, labels, class_names, root,
-            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
+        super().__init__(paths, labels, class_names, root, clips=clips)
         self.split, self.subset = split, subset
 
     @staticmethod
@@ -181,23 +173,11 @@ class HMDB51(VideoClipDataset):
         split: int = 1,
         subset: str = "train",
         *,
-        clip_len: int = 16,
-        stride: int = 2,
-        short_side: int = 128,
-        crop_size: int = 112,
-        mode: str = "train",
-        num_clips: int = 10,
-        num_crops: int = 3,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = ClipSampling(),
     ) -> None:
         root = _require_dir(os.path.abspath(root), "HMDB51 root")
         split, subset = _check_split(split), _check_subset(subset)
-        if not splits:
-            default = os.path.join(root, "testTrainMulti_7030_splits")
-            splits = default if os.path.isdir(default) else root
-        splits = _require_dir(os.path.abspath(splits), "HMDB51 split-file folder")
+        splits = _annotation_folder(root, splits, "testTrainMulti_7030_splits", "HMDB51 split-file folder")
         suffix = f"_test_split{split}.txt"
         split_files = sorted(f for f in os.listdir(splits) if f.endswith(suffix))
         if not split_files:
@@ -214,11 +194,7 @@ class HMDB51(VideoClipDataset):
                     listed.append(f"{name}/{parts[0]}")
                     labels.append(label)
         paths = _resolve_all(root, listed, f"{splits}/*{suffix}")
-        super().__init__(
-            paths, labels, class_names, root,
-            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
+        super().__init__(paths, labels, class_names, root, clips=clips)
         self.split, self.subset = split, subset
 
 
@@ -240,16 +216,7 @@ class Kinetics(VideoClipDataset):
         csv_file: str,
         subset: str = "train",
         *,
-        clip_len: int = 16,
-        stride: int = 2,
-        short_side: int = 128,
-        crop_size: int = 112,
-        mode: str = "train",
-        num_clips: int = 10,
-        num_crops: int = 3,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = ClipSampling(),
     ) -> None:
         root = _require_dir(os.path.abspath(root), "Kinetics root")
         csv_file = _require_file(os.path.abspath(csv_file), "Kinetics annotation CSV")
@@ -294,11 +261,7 @@ class Kinetics(VideoClipDataset):
             )
             log.warning(message)
             warnings.warn(message, stacklevel=2)
-        super().__init__(
-            paths, labels, class_names, root,
-            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
+        super().__init__(paths, labels, class_names, root, clips=clips)
         self.subset = subset
 
 
@@ -315,16 +278,7 @@ class VideoFolder(VideoClipDataset):
         root: str,
         extensions: list[str] = list(VIDEO_EXTENSIONS),
         *,
-        clip_len: int = 16,
-        stride: int = 2,
-        short_side: int = 128,
-        crop_size: int = 112,
-        mode: str = "train",
-        num_clips: int = 10,
-        num_crops: int = 3,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = ClipSampling(),
     ) -> None:
         root = _require_dir(os.path.abspath(root), "video folder root")
         exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
@@ -341,11 +295,7 @@ class VideoFolder(VideoClipDataset):
             for rel in found[name]:
                 paths.append(f"{name}/{rel}")
                 labels.append(label)
-        super().__init__(
-            paths, labels, class_names, root,
-            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
+        super().__init__(paths, labels, class_names, root, clips=clips)
 
 
 class VideoList(VideoClipDataset):
@@ -363,16 +313,7 @@ class VideoList(VideoClipDataset):
         root: str = "",
         class_names: list[str] = [],
         *,
-        clip_len: int = 16,
-        stride: int = 2,
-        short_side: int = 128,
-        crop_size: int = 112,
-        mode: str = "train",
-        num_clips: int = 10,
-        num_crops: int = 3,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = ClipSampling(),
     ) -> None:
         list_file = _require_file(os.path.abspath(list_file), "video list file ('<path> [<label>]' per line)")
         root = _require_dir(os.path.abspath(root) if root else os.path.dirname(list_file), "video list root")
@@ -394,11 +335,7 @@ class VideoList(VideoClipDataset):
             labels = [-1] * len(listed)
             names = list(class_names)
         paths = _resolve_all(root, listed, list_file)
-        super().__init__(
-            paths, labels, names, root,
-            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
-        )  # fmt: skip
+        super().__init__(paths, labels, names, root, clips=clips)
 
 
 # --- helpers -------------------------------------------------------------------------------------

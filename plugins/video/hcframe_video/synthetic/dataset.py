@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from hcframe.data import ClipShape, DatasetCheck
 
-from hcframe_video.clips import VideoClipDataset, check_clip_arguments
+from hcframe_video.clips import ClipSampling, VideoClipDataset
 from hcframe_video.partmaps import PartMapStore
 from hcframe_video.synthetic.generate import (
     PARTS_DIR,
@@ -21,13 +21,17 @@ from hcframe_video.synthetic.generate import (
 )
 from hcframe_video.synthetic.world import ACTION_NAMES, WorldConfig, video_label
 
-__all__ = ["SyntheticHumans"]
+__all__ = ["WORLD_CLIPS", "SyntheticHumans"]
+
+#: The world's clip defaults: 8 consecutive frames of the whole frame (``short_side`` and
+#: ``crop_size`` 0: the frames' short side), 2 centre-crop clips in test mode.
+WORLD_CLIPS = ClipSampling(clip_len=8, stride=1, short_side=0, crop_size=0, num_clips=2, num_crops=1)
 
 
 class _WorldPlan(NamedTuple):
     spec: WorldSpec
     world_root: Path
-    clip_arguments: dict[str, Any]
+    clips: ClipSampling
     subset: str
     workers: int
 
@@ -56,9 +60,9 @@ class SyntheticHumans(VideoClipDataset):
 
     Reading arguments:
         subset: ``"train"`` or ``"test"``.
-        clip_len, stride, short_side, crop_size, mode, num_clips, num_crops, seed, on_bad_video,
-            part_size: as :class:`~hcframe_video.clips.VideoClipDataset`; ``short_side`` 0 means
-            the frames' short side and ``crop_size`` 0 means ``short_side`` (whole frames).
+        clips: how clips are cut (:class:`~hcframe_video.clips.ClipSampling`); keys a recipe's
+            ``[data.clips]`` table does not set keep :data:`WORLD_CLIPS` (8 consecutive frames of
+            the whole frame; 2 clips x 1 crop in test mode).
 
     :meth:`ground_truth_parts` returns the world's part-map store (the ``synthetic_ground_truth``
     teacher's targets).
@@ -84,23 +88,12 @@ class SyntheticHumans(VideoClipDataset):
         crf: int = 10,
         workers: int = 0,
         *,
-        clip_len: int = 8,
-        stride: int = 1,
-        short_side: int = 0,
-        crop_size: int = 0,
-        mode: str = "train",
-        num_clips: int = 2,
-        num_crops: int = 1,
-        seed: int = 0,
-        on_bad_video: str = "skip",
-        part_size: int = 0,
+        clips: ClipSampling = WORLD_CLIPS,
     ) -> None:
         plan = self._plan(
             root=root, subset=subset, num_train=num_train, num_test=num_test, world_seed=world_seed, height=height,
             width=width, num_frames=num_frames, shortcut_strength=shortcut_strength, num_backgrounds=num_backgrounds,
-            max_distractors=max_distractors, jitter=jitter, fps=fps, crf=crf, workers=workers, clip_len=clip_len,
-            stride=stride, short_side=short_side, crop_size=crop_size, mode=mode, num_clips=num_clips,
-            num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
+            max_distractors=max_distractors, jitter=jitter, fps=fps, crf=crf, workers=workers, clips=clips,
         )  # fmt: skip
         # Every argument is checked: only now is the world generated (once, on first use).
         self.world_root = build_world(plan.world_root, plan.spec, workers=plan.workers)
@@ -109,7 +102,7 @@ class SyntheticHumans(VideoClipDataset):
         count = plan.spec.count(subset)
         paths = [video_path(subset, i) for i in range(count)]
         labels = [video_label(subset, i, len(ACTION_NAMES)) for i in range(count)]
-        super().__init__(paths, labels, ACTION_NAMES, str(self.world_root), **plan.clip_arguments)
+        super().__init__(paths, labels, ACTION_NAMES, str(self.world_root), clips=plan.clips)
 
     @classmethod
     def check(cls, **args: Any) -> DatasetCheck:
@@ -135,26 +128,20 @@ class SyntheticHumans(VideoClipDataset):
         )  # fmt: skip
         if spec.count(a["subset"]) == 0:
             raise ValueError(f"num_{a['subset']}: the {a['subset']} subset is empty; set num_{a['subset']} >= 1")
-        short = a["short_side"] or min(a["height"], a["width"])
-        clip_arguments = dict(
-            clip_len=a["clip_len"], stride=a["stride"], short_side=short, crop_size=a["crop_size"] or short, mode=a["mode"],
-            num_clips=a["num_clips"], num_crops=a["num_crops"], seed=a["seed"], on_bad_video=a["on_bad_video"],
-            part_size=a["part_size"],
-        )  # fmt: skip
-        check_clip_arguments(**clip_arguments)
+        clips = ClipSampling.checked(a["clips"]).resolved(min(a["height"], a["width"]))  # 0: the world's frames
         root = a["root"]
         world_root = Path(root).expanduser() if root else default_cache_root() / "synthetic" / spec.key()
         if world_root.exists() and not world_root.is_dir():
             raise ValueError(f"root: {world_root} is a file; give a folder for the world (or leave root empty for the cache)")
         workers = a["workers"] or max(1, min(4, os.cpu_count() or 1))
-        return _WorldPlan(spec, world_root, clip_arguments, a["subset"], workers)
+        return _WorldPlan(spec, world_root, clips, a["subset"], workers)
 
     @classmethod
     def clip_shape(cls, **args: Any) -> ClipShape:
         """``clip_len`` frames; ``crop_size``, or ``short_side``, or the world's short side."""
         a = cls.arguments(**args)
-        side = a["crop_size"] or a["short_side"] or min(a["height"], a["width"])
-        return ClipShape(a["clip_len"], side, side)
+        clips = ClipSampling.checked(a["clips"]).resolved(min(a["height"], a["width"]))
+        return ClipShape(clips.clip_len, clips.crop_size, clips.crop_size)
 
     def ground_truth_parts(self) -> PartMapStore:
         """The world's per-frame LIP part labels (kind ``labels``, full frame resolution), checked
