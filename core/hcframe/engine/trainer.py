@@ -23,6 +23,7 @@ from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import capture_rng, latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from hcframe.engine.model import LossCombiner, MultiTaskModel, gradient_cosines, pcgrad_combine
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
+from hcframe.engine.precision import training_autocast
 from hcframe.engine.pretrained import initialise_from_recipe
 from hcframe.engine.sampler import EpochSampler
 from hcframe.recipe import Recipe
@@ -281,8 +282,7 @@ class Trainer:
     def _forward(self, batch: dict[str, Any], step: int, sync: bool) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
         total_steps = self.recipe.train.steps
         no_sync = self.ddp.no_sync() if (self.distributed and not sync) else nullcontext()
-        autocast = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
-        with no_sync, autocast:
+        with no_sync, training_autocast(self.device.type, self.autocast_dtype):
             total, outputs, weighted = self.ddp(batch, step, total_steps)
         return total, outputs, weighted
 

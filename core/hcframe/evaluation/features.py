@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from hcframe.data import BAD, collate
 from hcframe.engine.model import MultiTaskModel
+from hcframe.engine.precision import autocast_dtype, resolve_precision, training_autocast
 
 __all__ = [
     "FeatureSet",
@@ -61,11 +61,9 @@ class FeatureSet:
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:
-    """Autocast for ``precision`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, as in training)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    """Autocast for ``precision`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, as in training; the
+    same context as a training step, since fine-tuning runs backward under it)."""
+    return training_autocast(device.type, autocast_dtype(resolve_precision(precision, device.type)))
 
 
 def _branch_modules(model: MultiTaskModel, branch: str) -> list[tuple[str, nn.Module]]:
