@@ -2,9 +2,12 @@
 trains like eager on CPU (inductor), with checkpoints an eager run reads and resumes.
 
 Compiled and eager runs differ only in the order of floating-point operations (inductor fuses
-batch norm, ReLU and the additions of a residual block into its own kernels), so their losses agree
-to rounding at the first step and drift apart slowly: the bound is a relative 1e-3 on every logged
-loss over the 3 steps (measured: a few 1e-6).
+batch norm, ReLU and the additions of a residual block into its own kernels). Bounds on every logged
+loss of the quickstart recipe: a relative 1e-4 at the first step (same weights and batch), 1e-3 at
+the next two. The learning rate is lowered to 2e-4 for this comparison: AdamW moves each weight by
+about the learning rate whatever the size of its gradient, so a rounding-level difference in a
+small gradient becomes a full-size difference in the weight, and at the recipe's rate the runs
+drift apart by ~3e-3 in three steps (measured) without anything being wrong.
 
 Inductor compiles each kernel with the C++ compiler: the quickstart model's 60-odd kernels take
 1-4 minutes from an empty cache on 2 CPU cores (seconds once cached), hence ``slow``.
@@ -42,7 +45,7 @@ def test_encoder_stages_trace_into_one_graph(encoder):
 
 
 def _run(world: Path, run_dir: Path, *overrides: str, resume: bool = False) -> list[dict]:
-    recipe = load_recipe("examples/quickstart.toml", [*quickstart_overrides(world), *overrides])
+    recipe = load_recipe("examples/quickstart.toml", [*quickstart_overrides(world), "optim.lr=0.0002", *overrides])
     Trainer(recipe, run_dir, resume=resume, log=lambda m: None).train()
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -59,7 +62,7 @@ def test_compiled_quickstart_trains_like_eager_and_its_checkpoints_resume(small_
     assert [r["step"] for r in compiled] == [1, 2, 3]
     for got, ref in zip(compiled, eager):
         for key, value in _losses(ref).items():
-            assert got[key] == pytest.approx(value, rel=1e-3), (got["step"], key)
+            assert got[key] == pytest.approx(value, rel=1e-4 if got["step"] == 1 else 1e-3), (got["step"], key)
     # Module.compile() compiles in place: the checkpoint has the eager model's keys (no _orig_mod.)
     eager_state = load_checkpoint(tmp_path / "eager" / "checkpoints" / "step_00000003.pt")["model"]
     compiled_state = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "step_00000003.pt")["model"]
