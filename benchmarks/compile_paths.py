@@ -16,7 +16,10 @@ For each it prints the time of the first step (tracing and compiling included), 
 time per step over the next steps (process CPU time and wall clock), their ratio to eager, and
 the losses of every step (the compiled ways should match eager to rounding).
 
-Run: ``python benchmarks/compile_paths.py [--steps 10] [--threads 1] [--modes eager,stages,...]``.
+Run: ``python benchmarks/compile_paths.py [--steps 10] [--threads 1] [--modes eager,stages,...]
+[--cache DIR]``; with ``--cache`` every way shares that inductor cache, so a second run measures
+the steps of each way back to back without the compile times (on a shared machine the load
+changes between ways that each compile for minutes).
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steady steps timed after the first")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (the quickstart uses 1 on 2 cores)")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--cache", help="inductor cache folder shared by every way (a second run then times steps without compiling); default: an empty one each")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: run this mode, print JSON
     args = parser.parse_args()
     if args.one:
@@ -112,8 +116,8 @@ def main() -> None:
           f"{args.threads} thread(s), {args.steps} steady steps, quickstart model, batch 32")
     results = {}
     for mode in args.modes.split(","):
-        with tempfile.TemporaryDirectory() as cache:  # every way compiles from an empty cache
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "OMP_NUM_THREADS": str(args.threads)}
+        with tempfile.TemporaryDirectory() as empty:  # every way compiles from an empty cache
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": args.cache or empty, "OMP_NUM_THREADS": str(args.threads)}
             out = subprocess.run(
                 [sys.executable, __file__, "--one", mode, "--steps", str(args.steps), "--threads", str(args.threads)],
                 env=env, capture_output=True, text=True, check=True,
