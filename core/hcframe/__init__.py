@@ -5,6 +5,9 @@ from hcframe.components import (
     Encoder,
     EncoderOutput,
     Head,
+    Hook,
+    LabelMaps,
+    Logger,
     PretextTask,
     StateDictLayout,
     TaskInput,
@@ -12,6 +15,7 @@ from hcframe.components import (
     Teacher,
 )
 from hcframe.data import BadVideo, TargetStore, VideoDataset
+from hcframe.metrics import MetricInfo
 from hcframe.registry import (
     ComponentRecord,
     get_registry,
@@ -28,6 +32,10 @@ __all__ = [
     "Encoder",
     "EncoderOutput",
     "Head",
+    "Hook",
+    "LabelMaps",
+    "Logger",
+    "MetricInfo",
     "PretextTask",
     "StateDictLayout",
     "TargetStore",

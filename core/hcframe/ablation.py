@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from hcframe.report import format_metric, is_fraction_metric
+from hcframe.metrics import eval_metric_kind, format_metric, is_percent, read_metric_schema
 
 __all__ = [
     "AblationError",
@@ -96,6 +96,12 @@ class AblationResult:
     runs: list[AblationRun]
     metrics: list[str]
     stats: dict[str, dict[str, Stat]]
+    #: Kind of each ``final/<key>`` metric, from the runs' metric schemas (evaluation results:
+    #: :func:`hcframe.metrics.eval_metric_kind`).
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    def kind(self, metric: str) -> str:
+        return self.kinds.get(metric) or eval_metric_kind(metric)
 
     @property
     def failed(self) -> list[AblationRun]:
@@ -193,11 +199,11 @@ def aggregate(per_recipe: Mapping[str, Sequence[Mapping[str, float]]], metrics: 
 
 
 # --- display -------------------------------------------------------------------------------------
-def _cell(metric: str, stat: Stat | None, seeds: int) -> str:
+def _cell(kind: str, stat: Stat | None, seeds: int) -> str:
     if stat is None or stat.n == 0:
         return "-"
-    text = format_metric(metric, stat.mean)
-    text += " ± " + (format_metric(metric, stat.std) if math.isfinite(stat.std) else "n/a")
+    text = format_metric(stat.mean, kind)
+    text += " ± " + (format_metric(stat.std, kind) if math.isfinite(stat.std) else "n/a")
     if stat.n < seeds:
         text += f" (n={stat.n})"
     return text
@@ -206,8 +212,9 @@ def _cell(metric: str, stat: Stat | None, seeds: int) -> str:
 def _rows(result: AblationResult) -> list[list[str]]:
     rows = []
     for metric in result.metrics:
-        label = metric + (" (%)" if is_fraction_metric(metric) else "")
-        rows.append([label] + [_cell(metric, result.stats.get(name, {}).get(metric), len(result.seeds)) for name in result.names])
+        kind = result.kind(metric)
+        label = metric + (" (%)" if is_percent(kind) else "")
+        rows.append([label] + [_cell(kind, result.stats.get(name, {}).get(metric), len(result.seeds)) for name in result.names])
     return rows
 
 
@@ -241,28 +248,33 @@ def ablation_table(result: AblationResult):
 
 
 def ablation_chart(result: AblationResult):
-    """Grouped bars: one group per metric, one bar per recipe (fractions in %)."""
-    from hcframe.plots import BarSeries, bar_chart
+    """A matplotlib figure of grouped bars: one group per metric, one bar per recipe, the mean with
+    a ± std error bar (fractions in %). Needs matplotlib (``hcframe[report]``)."""
+    from hcframe.figures import bars_figure, require_matplotlib
 
+    require_matplotlib("hcframe ablation")
     series = []
     for name in result.names:
         stats = [result.stats.get(name, {}).get(m, Stat(math.nan, math.nan, 0)) for m in result.metrics]
-        scale = [100.0 if is_fraction_metric(m) else 1.0 for m in result.metrics]
-        series.append(BarSeries(name, [s.mean * k for s, k in zip(stats, scale)], [s.std * k for s, k in zip(stats, scale)]))
-    fractions = [is_fraction_metric(m) for m in result.metrics]
+        scale = [100.0 if is_percent(result.kind(m)) else 1.0 for m in result.metrics]
+        series.append((name, [s.mean * k for s, k in zip(stats, scale)], [s.std * k for s, k in zip(stats, scale)]))
+    fractions = [is_percent(result.kind(m)) for m in result.metrics]
     ylabel = "%" if all(fractions) else ("value (accuracies and recalls in %)" if any(fractions) else "value")
-    return bar_chart(result.metrics, series, title=f"Ablation: mean ± std over {len(result.seeds)} seeds", ylabel=ylabel)
+    return bars_figure(result.metrics, series, title=f"Ablation: mean ± std over {len(result.seeds)} seeds", ylabel=ylabel)
 
 
 def write_ablation_outputs(result: AblationResult, output: Path, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[Path]:
-    """Write ``ablation.json``, ``ablation.md`` and (when there is a number to draw) ``ablation.png``."""
+    """Write ``ablation.json``, ``ablation.md`` and (when there is a number to draw)
+    ``ablation.png`` and ``ablation.svg``."""
+    from hcframe.figures import save_figure
+
     output.mkdir(parents=True, exist_ok=True)
     paths = [output / "ablation.json", output / "ablation.md"]
     paths[0].write_text(json.dumps(result.as_json(), indent=2) + "\n")
     paths[1].write_text(ablation_markdown(result))
     has_numbers = any(s.n for stats in result.stats.values() for s in stats.values())
     if result.metrics and has_numbers:
-        paths.append(ablation_chart(result).save(output / "ablation.png"))
+        paths.extend(save_figure(ablation_chart(result), output, "ablation"))
     else:
         log("no results to draw; ablation.png not written")
     return paths
@@ -340,4 +352,19 @@ def run_ablation(
     chosen = select_metrics(available, metrics) if available else []
     names = list(dict.fromkeys(r.name for r in runs))
     per_recipe = {name: [r.metrics for r in runs if r.name == name and r.status != "failed"] for name in names}
-    return AblationResult(names, list(seeds), runs, chosen, aggregate(per_recipe, chosen))
+    return AblationResult(names, list(seeds), runs, chosen, aggregate(per_recipe, chosen), _final_metric_kinds(runs))
+
+
+def _final_metric_kinds(runs: Sequence[AblationRun]) -> dict[str, str]:
+    """``{"final/<key>": kind}`` from the metric schemas of the runs that fell back to their
+    training metrics (a schema that cannot be read is skipped: its numbers show as plain values)."""
+    kinds: dict[str, str] = {}
+    for run in runs:
+        if not any(m.startswith("final/") for m in run.metrics):
+            continue
+        try:
+            schema = read_metric_schema(run.run_dir)
+        except ValueError:
+            continue
+        kinds.update({f"final/{key}": info.kind for key, info in schema.items()})
+    return kinds

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,9 @@ from rich.table import Table
 
 from hcframe import __version__
 from hcframe.recipe import RecipeError, load_recipe
-from hcframe.registry import ENV_PLUGINS, ENV_STRICT, PluginError, get_registry
+from hcframe.registry import ENV_PLUGINS, ENV_STRICT, KINDS, PluginError, get_registry
 
-__all__ = ["cli", "main"]
+__all__ = ["Refused", "cli", "fail", "main"]
 
 err_console = Console(stderr=True, highlight=False)
 out_console = Console(highlight=False)
@@ -32,6 +34,21 @@ def fail(message: str, code: int) -> "click.exceptions.Exit":
     """Print ``error: message`` on one line to stderr and exit with ``code``."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise click.exceptions.Exit(code)
+
+
+class Refused(click.ClickException):
+    """Bad input refused before any work: ``error: <message>`` on one line, exit code 2. Commands
+    (plugins' too) raise it for a recipe that cannot run: ``raise Refused(str(recipe_error))``."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", markup=True, soft_wrap=True)
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    """Warnings as ``warning: <text>``, one line (Python's default adds the source line)."""
+    err_console.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", soft_wrap=True)
 
 
 def _registry_or_fail():
@@ -96,14 +113,11 @@ def cli() -> None:
 # --- plugins ---------------------------------------------------------------------------------------
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array (kind, name, provider, version, summary).")
-@click.option("--kind", default=None, help="Only components of this kind.")
+@click.option("--kind", default=None, type=click.Choice(KINDS), help="Only components of this kind.")
 def plugins_command(as_json: bool, kind: str | None) -> None:
     """List registered components and the distributions that provide them."""
     registry = _registry_or_fail()
-    try:
-        records = registry.list(kind)
-    except KeyError:
-        fail(f"--kind {kind}: unknown kind; kinds are dataset, transform, encoder, head, task, teacher", 2)
+    records = registry.list(kind)
     if as_json:
         click.echo(json.dumps([r.as_json() for r in records], indent=2))
         return
@@ -124,6 +138,23 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
         fail(str(exc), 2)
 
 
+def _build(recipe, *, train_data: bool = True, check_only: bool = False, log=None):
+    """Everything the recipe names, constructed and checked (:func:`hcframe.config.build_run`):
+    a recipe that cannot run exits 2 with one line, before any work."""
+    from hcframe.config import build_run
+
+    try:
+        return build_run(recipe, train_data=train_data, check_only=check_only, log=log)
+    except RecipeError as exc:
+        if os.environ.get("HCFRAME_DEBUG") and exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__)
+        fail(str(exc), 2)
+
+
+def _log_to_stderr(message: str) -> None:
+    err_console.print(escape(message), soft_wrap=True)
+
+
 def _default_run_dir(recipe_path: str, resume: bool) -> Path:
     """``runs/<recipe stem>``; a new run never reuses a directory (``-2``, ``-3`` …), a resume takes
     the newest existing one."""
@@ -140,37 +171,50 @@ def _default_run_dir(recipe_path: str, resume: bool) -> Path:
 
 
 @cli.command("run")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())  # checked by read_recipe_file: one line
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
 @click.option("--output", "-o", type=click.Path(file_okay=False), default=None, help="Run directory (default: runs/<recipe name>).")
-@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run directory.")
+@click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in the run directory (with the run's --set options).")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe and build the model, then stop.")
 def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None, resume: bool, dry_run: bool) -> None:
     """Run a recipe: pre-training, then its evaluation stages."""
+    from hcframe.rundir import RunDirBusy, RunDirError, merge_overrides, read_overrides
+
+    run_dir = Path(output) if output else _default_run_dir(recipe_path, resume)
+    if resume:  # the run's own --set options first; options given now are applied after them
+        try:
+            stored = read_overrides(run_dir)
+        except RunDirError as exc:
+            fail(str(exc), 2)
+        if stored and os.environ.get("RANK", "0") == "0":
+            err_console.print(escape(f"resuming with the run's options: {' '.join(f'--set {o}' for o in stored)}"), soft_wrap=True)
+        overrides = tuple(merge_overrides(stored, overrides))
     recipe = _load(recipe_path, overrides)
-    from hcframe.engine.trainer import RunFailed, build_model
+    # --dry-run checks the data without the work of building it (a synthetic world is not generated)
+    built = _build(recipe, check_only=dry_run, log=None if dry_run else _log_to_stderr)
+    from hcframe.engine.trainer import RunFailed
+    from hcframe.files import FileWriteError
 
     if dry_run:
-        try:
-            model = build_model(recipe)
-        except RunFailed as exc:
-            fail(str(exc), 2)
-        n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
         click.echo(f"{recipe.source}: ok ({len(recipe.tasks)} tasks, split {recipe.model.split}, {n:,} trainable parameters)")
         return
     from hcframe.run import run_recipe
 
-    run_dir = Path(output) if output else _default_run_dir(recipe_path, resume)
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         fail(f"{run_dir} already holds checkpoints; pass --resume to continue it or --output for a new run", 2)
     if os.environ.get("RANK", "0") == "0":
         err_console.print(f"run directory: {run_dir}")
     try:
-        summary = run_recipe(recipe, run_dir, resume=resume, progress=err_console.is_terminal)
-    except RunFailed as exc:
+        summary = run_recipe(built, run_dir, resume=resume, progress=err_console.is_terminal, overrides=overrides)
+    except RunDirBusy as exc:  # refused before anything was written
+        fail(str(exc), 2)
+    except (RunFailed, RunDirError, FileWriteError) as exc:
         fail(str(exc), 1)
     except KeyboardInterrupt:
-        fail(f"interrupted; continue with: hcframe run {recipe_path} --output {run_dir} --resume", 130)
+        # The run directory keeps the --set options; plugins named by --plugin must be named again.
+        plugins = "".join(f"--plugin {shlex.quote(spec)} " for spec in os.environ.get(ENV_PLUGINS, "").split(",") if spec)
+        fail(f"interrupted; continue with: hcframe {plugins}run {shlex.quote(recipe_path)} --output {shlex.quote(str(run_dir))} --resume", 130)
     except Exception as exc:  # a failed run: one line, the traceback only on request
         if os.environ.get("HCFRAME_DEBUG"):
             traceback.print_exc()
@@ -180,8 +224,14 @@ def run_command(recipe_path: str, overrides: tuple[str, ...], output: str | None
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from hcframe.metrics import read_metric_schema
+
     final = summary.get("final_metrics", {})
-    shown = {k: v for k, v in final.items() if isinstance(v, float) and (k == "loss" or "/" in k)}
+    try:  # the keys the run declared for the progress line
+        progress = {k for k, info in read_metric_schema(summary["run_dir"]).items() if info.progress}
+    except ValueError:
+        progress = set()
+    shown = {k: v for k, v in final.items() if isinstance(v, float) and (k == "loss" or k in progress)}
     err_console.print(
         f"[bold green]{summary['status']}[/] {summary.get('steps', 0)} steps in {summary['wall_time_s']:.1f} s; "
         + " ".join(f"{k}={v:.4g}" for k, v in shown.items()),
@@ -198,30 +248,27 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 # --- info ------------------------------------------------------------------------------------------
 @cli.command("info")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())  # checked by read_recipe_file: one line
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
-@click.option("--frames", type=int, default=None, help="Clip length (default: the dataset's clip_len).")
-@click.option("--size", type=int, default=None, help="Clip side in pixels (default: the transform's crop_size).")
+@click.option("--frames", type=int, default=None, help="Clip length (default: what the dataset declares).")
+@click.option("--size", type=int, default=None, help="Clip side in pixels (default: what the dataset declares, through the transform).")
 @click.option("--json", "as_json", is_flag=True)
 def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | None, size: int | None, as_json: bool) -> None:
     """Parameter count and FLOPs per clip and per step (all views), counted with fvcore."""
     recipe = _load(recipe_path, overrides)
-    from hcframe.engine.trainer import RunFailed, build_model
-    from hcframe.info import model_info
+    built = _build(recipe, check_only=True)
+    from hcframe.info import model_info, training_clip_shape
 
-    frames = frames or recipe.data.args.get("clip_len")
-    size = size or recipe.transform.args.get("crop_size")
-    if not isinstance(frames, int) or not isinstance(size, int):
-        fail(f"{recipe.source}: cannot tell the clip shape from data.clip_len / transform.crop_size; pass --frames and --size", 2)
-    try:
-        model = build_model(recipe)
-    except RunFailed as exc:
-        fail(str(exc), 2)
-    info = model_info(model, frames=frames, size=size)
+    declared = training_clip_shape(recipe) if frames is None or size is None else None
+    if (frames is None or size is None) and declared is None:
+        fail(f"{recipe.source}: dataset {recipe.data.name!r} does not declare its clip shape; pass --frames and --size", 2)
+    frames = frames or declared.frames
+    height, width = (size, size) if size else (declared.height, declared.width)
+    info = model_info(built.model, frames, height, width)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    table = Table(title=f"{recipe.source}: {recipe.encoder.name}, split {recipe.model.split}, clip 3x{frames}x{size}x{size}")
+    table = Table(title=f"{recipe.source}: {recipe.encoder.name}, split {recipe.model.split}, clip 3x{frames}x{height}x{width}")
     table.add_column("what")
     table.add_column("value", justify="right")
     table.add_row("encoder parameters", f"{info['encoder_parameters']:,}")
@@ -237,7 +284,7 @@ def info_command(recipe_path: str, overrides: tuple[str, ...], frames: int | Non
 
 # --- eval ------------------------------------------------------------------------------------------
 @cli.command("eval")
-@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path())  # checked by read_recipe_file: one line
 @click.option("--checkpoint", "checkpoint", required=True, type=click.Path(dir_okay=False),
               help="A training checkpoint (checkpoints/step_N.pt), an encoder export, or a state dict in a layout the encoder reads (torchvision).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a recipe key (TOML value). Repeatable.")
@@ -256,11 +303,12 @@ def eval_command(recipe_path: str, checkpoint: str, overrides: tuple[str, ...], 
     checkpoint_path = Path(checkpoint)
     if not checkpoint_path.is_file():
         fail(f"{checkpoint_path}: checkpoint file not found", 2)
+    built = _build(recipe, train_data=False, log=_log_to_stderr)  # the model and the [[eval]] data
     from hcframe.evaluation import default_eval_dir, eval_table, evaluate_checkpoint
 
     out_dir = Path(output) if output else default_eval_dir(checkpoint_path)
     try:
-        report = evaluate_checkpoint(recipe, checkpoint_path, out_dir, progress=err_console.is_terminal)
+        report = evaluate_checkpoint(built, checkpoint_path, out_dir, progress=err_console.is_terminal)
     except PretrainedError as exc:  # the weights do not fit the recipe: refused before any evaluation
         fail(str(exc), 2)
     except KeyboardInterrupt:
@@ -302,16 +350,18 @@ def export_encoder_command(checkpoint: str, out: str, branch: str, layout: str, 
 # --- report ----------------------------------------------------------------------------------------
 @cli.command("report")
 @click.argument("run_dir", metavar="RUN_DIR")
-@click.option("--out", "out_dir", default=None, metavar="DIR", help="Where the plots and eval.md go (default: RUN_DIR/report).")
-def report_command(run_dir: str, out_dir: str | None) -> None:
-    """PNG plots of a run's losses, learning rate, accuracies, parsing quality, gradient cosines
-    and loss weights over steps, and its evaluation results as Markdown (eval.md)."""
-    from rich.markup import escape
+@click.option("--out", "out_dir", default=None, metavar="DIR", help="Where the figures and eval.md go (default: RUN_DIR/report).")
+@click.option("--smooth", "smoothing", default=0.6, show_default=True, type=float,
+              help="Smoothing of the curves (TensorBoard's, in [0, 1); 0: raw curves only).")
+def report_command(run_dir: str, out_dir: str | None, smoothing: float) -> None:
+    """Figures (PNG and SVG, drawn with matplotlib: pip install 'hcframe[report]') of a run's
+    losses, learning rate, accuracies, parsing quality, gradient cosines, loss weights and
+    throughput over steps, and its evaluation results as Markdown (eval.md)."""
 
     from hcframe.report import ReportError, write_report
 
     try:
-        paths = write_report(run_dir, out_dir)
+        paths = write_report(run_dir, out_dir, smoothing=smoothing)
     except ReportError as exc:
         fail(str(exc), 2)
     for path in paths:
@@ -328,11 +378,16 @@ def report_command(run_dir: str, out_dir: str | None) -> None:
               help="Compare only these results: a full name (linear_probe/<dataset>/concat/top1), a glob, or a bare metric (top1). Repeatable; default: every float eval metric.")
 def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, overrides: tuple[str, ...], metrics: tuple[str, ...]) -> None:
     """Run each RECIPE for every seed (sequentially, resumable: finished runs are skipped) and
-    print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, .png."""
-    from rich.markup import escape
+    print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, and
+    the bar chart as .png and .svg (matplotlib: pip install 'hcframe[report]')."""
 
     from hcframe.ablation import AblationError, ablation_table, parse_seeds, run_ablation, write_ablation_outputs
+    from hcframe.figures import MatplotlibMissing, require_matplotlib
 
+    try:  # the chart is drawn at the end: refuse before the runs, not after them
+        require_matplotlib("hcframe ablation")
+    except MatplotlibMissing as exc:
+        fail(str(exc), 2)
     _registry_or_fail()
     output_dir = Path(output)
     try:
@@ -350,8 +405,14 @@ def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, ove
 
 
 def main() -> None:
+    from hcframe.files import FileWriteError
+
+    warnings.showwarning = _one_line_warning
     try:
         cli.main(prog_name="hcframe", standalone_mode=True)
     except PluginError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(2)
+    except FileWriteError as exc:  # any command: the file and the cause (disk full, ...), one line
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(1)

@@ -7,8 +7,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hcframe.components import Head, PretextTask, TaskInput, TaskOutput
+from hcframe.metrics import MetricInfo
 
 __all__ = ["LinearHead", "OnlineLinearProbe", "SupervisedClassification"]
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: expected an integer >= 1 (the dataset's number of classes), got {num_classes!r}")
+    return num_classes
+
+
+def _check_probability(name: str, value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
+    return float(value)
 
 
 class LinearHead(Head):
@@ -31,13 +44,16 @@ class SupervisedClassification(PretextTask):
 
     def __init__(self, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        self.num_classes = num_classes
-        self.dropout = dropout
-        self.label_smoothing = label_smoothing
+        self.num_classes = _check_num_classes(num_classes)
+        self.dropout = _check_probability("dropout", dropout)
+        self.label_smoothing = _check_probability("label_smoothing", label_smoothing)
         self.head: LinearHead | None = None
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = LinearHead(feature_dim, self.num_classes, self.dropout)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return (MetricInfo("ce", "loss", progress=True), MetricInfo("acc", "accuracy", progress=True))
 
     def forward(self, inp: TaskInput) -> TaskOutput:
         assert self.head is not None, "setup() was not called"
@@ -60,12 +76,15 @@ class OnlineLinearProbe(PretextTask):
 
     def __init__(self, num_classes: int, branch: str = "concat") -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.num_classes = _check_num_classes(num_classes)
         self.reads_branch = branch
         self.head: LinearHead | None = None
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = LinearHead(feature_dim, self.num_classes)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return (MetricInfo("ce", "loss"), MetricInfo("acc", "accuracy", progress=True))
 
     def forward(self, inp: TaskInput) -> TaskOutput:
         assert self.head is not None, "setup() was not called"

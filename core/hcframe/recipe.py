@@ -1,7 +1,10 @@
 """Recipes: TOML files turned into checked attrs objects before any work starts.
 
 A recipe has a few engine tables (``[train]``, ``[optim]``, ``[schedule]``, ``[combiner]``,
-``[model]``) whose keys are fixed and validated by attrs, and *component tables*: any table with a
+``[model]``) whose keys are fixed and validated by attrs, ``[[eval]]`` tables
+(:mod:`hcframe.eval_tables`), ``[[hooks]]`` tables (hooks run around the training steps, see
+:class:`hcframe.Hook`), ``[[loggers]]`` tables (where logged numbers go besides ``metrics.jsonl``,
+see :class:`hcframe.Logger`), and *component tables*: any table with a
 ``name`` key builds the registered component of that name, passing the table's other keys to its
 constructor. Those keys are checked against the constructor's signature (unknown keys, missing
 required ones, value types from the annotations). A constructor parameter annotated with a
@@ -12,26 +15,37 @@ Errors are :class:`RecipeError`: one line naming the file, the key path and what
 
 from __future__ import annotations
 
-import collections.abc
 import copy
-import difflib
 import hashlib
-import inspect
 import json
 import math
+import os
+import stat
 import tomllib
-import types
-import typing
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 import attrs
 
-from hcframe.components import BatchTransform, Encoder, Head, PretextTask, Teacher
 from hcframe.data import VideoDataset
-from hcframe.registry import Registry, UnknownComponentError, get_registry
+from hcframe.engine.combiner import TaskCombiner
+from hcframe.eval_tables import EvalSpec, parse_eval_tables
+from hcframe.registry import Registry, get_registry
+from hcframe.tables import (
+    ComponentSpec,
+    RecipeError,
+    build_component,
+    build_engine_table,
+    fraction,
+    increasing_positive,
+    non_negative,
+    plain,
+    positive,
+    suggest,
+)
 
 __all__ = [
+    "MAX_RECIPE_BYTES",
     "ComponentSpec",
     "Recipe",
     "RecipeError",
@@ -39,62 +53,48 @@ __all__ = [
     "dump_toml",
     "load_recipe",
     "parse_recipe",
+    "read_recipe_file",
 ]
 
-#: Annotations that mean "a nested component table of this kind".
-KIND_OF_BASE: dict[type, str] = {
-    VideoDataset: "dataset",
-    BatchTransform: "transform",
-    Encoder: "encoder",
-    Head: "head",
-    PretextTask: "task",
-    Teacher: "teacher",
-}
-
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message is one line: ``file: key.path: problem``."""
+#: Recipes are small text files; anything larger is not one (and is not read into memory).
+MAX_RECIPE_BYTES = 1 << 20
 
 
 # --- engine tables -------------------------------------------------------------------------------
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name}: must be > 0, got {value}")
-
-
-def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name}: must be >= 0, got {value}")
-
-
-def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name}: must be between 0 and 1, got {value}")
-
-
 @attrs.frozen
 class TrainSpec:
     """``[train]``: how long and how the loop runs."""
 
-    steps: int = attrs.field(default=100, validator=_non_negative)  # 0: evaluate the random initialisation
-    batch_size: int = attrs.field(default=8, validator=_positive)  # global, over all ranks
-    accumulate: int = attrs.field(default=1, validator=_positive)
-    num_workers: int = attrs.field(default=0, validator=_non_negative)
+    steps: int = attrs.field(default=100, validator=non_negative)  # 0: evaluate the random initialisation
+    batch_size: int = attrs.field(default=8, validator=positive)  # global, over all ranks
+    accumulate: int = attrs.field(default=1, validator=positive)
+    num_workers: int = attrs.field(default=0, validator=non_negative)
     #: Threads of the training process on CPU; 0 = the cores left over by the data workers (at least
     #: one). Oversubscribed cores make PyTorch's thread pool spin: 10x the CPU time was measured.
-    cpu_threads: int = attrs.field(default=0, validator=_non_negative)
-    prefetch_factor: int = attrs.field(default=2, validator=_positive)
-    clip_grad: float = attrs.field(default=0.0, validator=_non_negative)  # 0 = off
-    log_every: int = attrs.field(default=10, validator=_positive)
-    checkpoint_every: int = attrs.field(default=100, validator=_positive)
-    keep_checkpoints: int = attrs.field(default=2, validator=_positive)
+    cpu_threads: int = attrs.field(default=0, validator=non_negative)
+    prefetch_factor: int = attrs.field(default=2, validator=positive)
+    clip_grad: float = attrs.field(default=0.0, validator=non_negative)  # 0 = off
+    log_every: int = attrs.field(default=10, validator=positive)
+    checkpoint_every: int = attrs.field(default=100, validator=positive)
+    keep_checkpoints: int = attrs.field(default=2, validator=positive)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
     seed: int = 0
-    max_bad_fraction: float = attrs.field(default=0.05, validator=_fraction)
+    max_bad_fraction: float = attrs.field(default=0.05, validator=fraction)
     on_bad_video: Literal["skip", "raise"] = "skip"
+
+
+def _betas(instance: Any, attribute: attrs.Attribute, value: tuple[float, float]) -> None:
+    if not all(0.0 <= b < 1.0 for b in value):
+        raise ValueError(f"{attribute.name}: each must be in [0, 1) (AdamW's running averages, e.g. [0.9, 0.999]), got {list(value)}")
+
+
+def _scales(instance: Any, attribute: attrs.Attribute, value: dict[str, float]) -> None:
+    for task, scale in value.items():
+        if scale < 0:
+            raise ValueError(f"{attribute.name}.{task}: must be >= 0 (a multiplier of optim.lr; 0 freezes the task's branch and head), got {scale}")
 
 
 @attrs.frozen
@@ -102,13 +102,13 @@ class OptimSpec:
     """``[optim]``: SGD or AdamW; weight decay is not applied to biases and norm parameters."""
 
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = attrs.field(default=0.1, validator=_positive)
-    momentum: float = attrs.field(default=0.9, validator=_fraction)
+    lr: float = attrs.field(default=0.1, validator=positive)
+    momentum: float = attrs.field(default=0.9, validator=fraction)
     nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = attrs.field(default=1e-4, validator=_non_negative)
+    betas: tuple[float, float] = attrs.field(default=(0.9, 0.999), validator=_betas)
+    weight_decay: float = attrs.field(default=1e-4, validator=non_negative)
     #: Learning-rate multiplier per task for the task's branch and head, e.g. ``{parsing = 2.0}``.
-    lr_scale: dict[str, float] = attrs.field(factory=dict)
+    lr_scale: dict[str, float] = attrs.field(factory=dict, validator=_scales)
 
 
 @attrs.frozen
@@ -116,23 +116,24 @@ class ScheduleSpec:
     """``[schedule]``: linear warmup then cosine, step or constant (fvcore param schedulers)."""
 
     name: Literal["cosine", "step", "constant"] = "cosine"
-    warmup_steps: int = attrs.field(default=0, validator=_non_negative)
-    warmup_start_factor: float = attrs.field(default=0.01, validator=_fraction)
-    final_factor: float = attrs.field(default=0.0, validator=_fraction)  # cosine end, x lr
-    milestones: list[int] = attrs.field(factory=list)  # step schedule, in steps
-    gamma: float = attrs.field(default=0.1, validator=_fraction)
+    warmup_steps: int = attrs.field(default=0, validator=non_negative)
+    warmup_start_factor: float = attrs.field(default=0.01, validator=fraction)
+    final_factor: float = attrs.field(default=0.0, validator=fraction)  # cosine end, x lr
+    milestones: list[int] = attrs.field(factory=list, validator=increasing_positive)  # step schedule, in steps
+    gamma: float = attrs.field(default=0.1, validator=fraction)
 
 
 @attrs.frozen
 class CombinerSpec:
-    """``[combiner]``: how task losses meet. ``weights`` maps task names to fixed weights (1 by
-    default); ``weighting = "uncertainty"`` learns them (Kendall et al. 2018); ``grad_cosine_every``
-    logs the cosine between tasks' gradients on the shared trunk; ``pcgrad`` projects conflicting
-    gradients (Yu et al. 2020)."""
+    """``[combiner]``: how the tasks' gradients meet; all of it is
+    :class:`hcframe.engine.combiner.TaskCombiner`'s (its docstring explains each key).
+    ``weights`` maps task names to fixed weights (1 by default); ``weighting = "uncertainty"``
+    learns them (Kendall et al. 2018); ``grad_cosine_every`` logs the cosine between tasks'
+    gradients on the shared trunk; ``pcgrad`` projects conflicting gradients (Yu et al. 2020)."""
 
     weighting: Literal["fixed", "uncertainty"] = "fixed"
     weights: dict[str, float] = attrs.field(factory=dict)
-    grad_cosine_every: int = attrs.field(default=0, validator=_non_negative)
+    grad_cosine_every: int = attrs.field(default=0, validator=non_negative)
     pcgrad: bool = False
     #: Per task, the multiplier of its gradient into the shared trunk (default 1; 0 keeps the task
     #: from shaping the trunk: it learns only its branch and head).
@@ -153,29 +154,6 @@ class ModelSpec:
     init_branch: str = ""
 
 
-# --- component specs -----------------------------------------------------------------------------
-@attrs.frozen
-class ComponentSpec:
-    """A checked component table: build it with :meth:`build`."""
-
-    kind: str
-    name: str
-    args: Mapping[str, Any]  # nested components are ComponentSpecs
-    path: str  # key path in the recipe, for messages
-
-    def build(self, registry: Registry | None = None, **extra: Any) -> Any:
-        registry = registry or get_registry()
-        kwargs = {k: v.build(registry) if isinstance(v, ComponentSpec) else copy.deepcopy(v) for k, v in self.args.items()}
-        kwargs.update(extra)
-        return registry.create(self.kind, self.name, **kwargs)
-
-    def to_table(self) -> dict[str, Any]:
-        table: dict[str, Any] = {"name": self.name}
-        for k, v in self.args.items():
-            table[k] = v.to_table() if isinstance(v, ComponentSpec) else _plain(v)
-        return table
-
-
 @attrs.frozen
 class Recipe:
     """A validated recipe. ``raw`` is the resolved TOML table (defaults filled in)."""
@@ -190,8 +168,11 @@ class Recipe:
     optim: OptimSpec
     schedule: ScheduleSpec
     combiner: CombinerSpec
-    evaluations: list[dict[str, Any]]
+    evaluations: list[dict[str, Any]]  # the [[eval]] tables, resolved (as recipe.toml records them)
     raw: dict[str, Any]
+    hooks: list[ComponentSpec] = attrs.field(factory=list)  # [[hooks]], in order
+    loggers: list[ComponentSpec] = attrs.field(factory=list)  # [[loggers]], in order
+    eval_specs: list[EvalSpec] = attrs.field(factory=list)  # the same [[eval]] tables, checked
 
     def to_toml(self) -> str:
         return dump_toml(self.raw)
@@ -200,6 +181,8 @@ class Recipe:
         return hashlib.sha256(self.to_toml().encode()).hexdigest()
 
     def build_dataset(self, registry: Registry | None = None) -> VideoDataset:
+        """The ``[data]`` dataset, built as it is (:func:`hcframe.config.build_dataset` also turns
+        the constructor's errors into recipe errors naming the key)."""
         return self.data.build(registry)
 
 
@@ -209,168 +192,7 @@ ENGINE_TABLES: dict[str, type] = {
     "schedule": ScheduleSpec,
     "combiner": CombinerSpec,
 }
-TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", *ENGINE_TABLES)
-
-
-# --- value checking ------------------------------------------------------------------------------
-def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
-
-
-def _check_value(value: Any, annotation: Any, where: str) -> Any:
-    """Check ``value`` (from TOML) against a type annotation; return it, converted where lossless
-    (int -> float, list -> tuple). Unknown annotation kinds are accepted as they are."""
-    if annotation is inspect.Parameter.empty or annotation is Any:
-        return value
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is Literal:
-        if value not in args:
-            allowed = ", ".join(repr(a) for a in args)
-            raise RecipeError(f"{where}: {value!r} is not allowed; use one of {allowed}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _check_value(value, option, where)
-            except RecipeError as exc:
-                errors.append(str(exc))
-        raise RecipeError(f"{where}: expected {_type_name(annotation)}, got {type(value).__name__} {value!r}")
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
-    if origin in (list, tuple, collections.abc.Sequence) or annotation in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise RecipeError(f"{where}: expected a list of {len(args)} values, got {len(value)}")
-            return tuple(_check_value(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item = args[0] if args else Any
-        items = [_check_value(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin in (dict, collections.abc.Mapping) or annotation is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
-        vtype = args[1] if len(args) == 2 else Any
-        return {k: _check_value(v, vtype, f"{where}.{k}") for k, v in value.items()}
-    return value
-
-
-def _suggest(key: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(key, options, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return f"allowed keys: {', '.join(options)}" if options else "this table takes no keys"
-
-
-def _build_engine_table(cls: type, table: Any, where: str) -> Any:
-    if not isinstance(table, dict):
-        raise RecipeError(f"{where}: expected a table")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in attrs.fields(cls)]
-    kwargs = {}
-    for key, value in table.items():
-        if key not in names:
-            raise RecipeError(f"{where}.{key}: unknown key; {_suggest(key, names)}")
-        kwargs[key] = _check_value(value, hints[key], f"{where}.{key}")
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:  # attrs validators name the field: "steps: must be > 0, got -1"
-        raise RecipeError(f"{where}.{exc}") from None
-
-
-def _factory_signature(factory: Callable[..., Any]) -> tuple[inspect.Signature, dict[str, Any]]:
-    target = factory.__init__ if inspect.isclass(factory) else factory
-    signature = inspect.signature(factory)
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable annotations: check names only
-        hints = {}
-    return signature, hints
-
-
-def _component_base(annotation: Any) -> str | None:
-    candidates = [annotation, *typing.get_args(annotation)]
-    for c in candidates:
-        if isinstance(c, type):
-            for base, kind in KIND_OF_BASE.items():
-                if issubclass(c, base):
-                    return kind
-    return None
-
-
-def _build_component(kind: str, table: Any, where: str, registry: Registry) -> ComponentSpec:
-    if not isinstance(table, dict):
-        raise RecipeError(f"{where}: expected a table with name = \"<{kind}>\"")
-    if "name" not in table:
-        raise RecipeError(f"{where}: missing key 'name'; set name to one of the installed {kind}s: {', '.join(registry.names(kind))}")
-    name = table["name"]
-    if not isinstance(name, str):
-        raise RecipeError(f"{where}.name: expected a string, got {name!r}")
-    try:
-        record = registry.get(kind, name)
-    except UnknownComponentError as exc:
-        raise RecipeError(f"{where}.name: {exc}") from None
-    signature, hints = _factory_signature(record.factory)
-    params = {n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    args: dict[str, Any] = {}
-    for key, value in table.items():
-        if key == "name":
-            continue
-        path = f"{where}.{key}"
-        if key not in params:
-            if takes_any:
-                args[key] = value
-                continue
-            raise RecipeError(f"{path}: unknown key for {kind} {name!r}; {_suggest(key, list(params))}")
-        annotation = hints.get(key, params[key].annotation)
-        nested_kind = _component_base(annotation)
-        if nested_kind is not None and isinstance(value, dict):
-            args[key] = _build_component(nested_kind, value, path, registry)
-        else:
-            args[key] = _check_value(value, annotation, path)
-    missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in args]
-    if missing:
-        raise RecipeError(f"{where}: {kind} {name!r} needs {', '.join(repr(m) for m in missing)}; add it to the table")
-    # Fill in the constructor's defaults so the saved recipe says everything the run used.
-    for n, p in params.items():
-        if n not in args and p.default is not inspect.Parameter.empty and _is_toml_value(p.default):
-            args[n] = list(p.default) if isinstance(p.default, tuple) else p.default
-    return ComponentSpec(kind=kind, name=name, args=args, path=where)
-
-
-def _is_toml_value(value: Any) -> bool:
-    if isinstance(value, (bool, int, str)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, (list, tuple)):
-        return all(_is_toml_value(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_toml_value(v) for k, v in value.items())
-    return False
+TOP_LEVEL_KEYS = ("data", "transform", "model", "tasks", "eval", "hooks", "loggers", *ENGINE_TABLES)
 
 
 # --- overrides -----------------------------------------------------------------------------------
@@ -381,19 +203,59 @@ def _parse_override_value(text: str) -> Any:
         return text  # a bare word is a string: --set data.name=ucf101
 
 
+def _shown_path(parts: list[str | int]) -> str:
+    """``["eval", 0, "lr"]`` as the messages write it: ``eval[0].lr``."""
+    shown = ""
+    for part in parts:
+        shown += f"[{part}]" if isinstance(part, int) else (f".{part}" if shown else part)
+    return shown
+
+
+def _override_path(key: str) -> list[str | int]:
+    """``eval.0.lr`` or ``eval[0].lr`` -> ``["eval", 0, "lr"]`` (numbers index arrays)."""
+    parts = [p.strip() for p in key.replace("[", ".").replace("]", "").split(".")]
+    return [int(p) if p.isdigit() else p for p in parts]
+
+
 def apply_override(table: dict[str, Any], assignment: str) -> None:
-    """Apply ``a.b.c=value`` (value in TOML syntax, or a bare string) to a raw recipe table."""
+    """Apply ``a.b.c=value`` (value in TOML syntax, or a bare string) to a raw recipe table.
+
+    A number indexes an array: ``eval.0.epochs=5`` (or ``eval[0].epochs=5``) sets ``epochs`` in
+    the first ``[[eval]]`` table, ``model.encoder.blocks.0=2`` the first item of a list."""
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise RecipeError(f"--set {assignment}: expected KEY.PATH=VALUE")
-    parts = [p.strip() for p in key.strip().split(".")]
-    node = table
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise RecipeError(f"--set {assignment}: {'.'.join(parts[: i + 1])} is a value, not a table")
+    parts = _override_path(key.strip())
+    if any(p == "" for p in parts):
+        raise RecipeError(f"--set {assignment}: empty key in {key.strip()!r}")
+    value = _parse_override_value(text.strip())
+    node: Any = table
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = _shown_path(parts[: i + 1])
+        if isinstance(node, list):
+            parent = _shown_path(parts[:i])
+            if not isinstance(part, int):
+                raise RecipeError(f"--set {assignment}: {parent} is an array; index it with a number, e.g. {parent}.0.{part}")
+            if part >= len(node):
+                count = f"{len(node)} entr{'y' if len(node) == 1 else 'ies'}"
+                raise RecipeError(f"--set {assignment}: {parent} has {count}, so there is no {here} (indices count from 0)")
+        elif isinstance(part, int):
+            if str(part) in node:  # a table key that is a number, e.g. a task named "1"
+                parts[i] = part = str(part)
+            else:
+                raise RecipeError(f"--set {assignment}: {_shown_path(parts[:i]) or 'the recipe'} is not an array; {here} does not exist")
+        if isinstance(node, dict) and not last:
+            if part not in node and isinstance(parts[i + 1], int):
+                raise RecipeError(f"--set {assignment}: the recipe has no {here} array to index")
+            node.setdefault(part, {})
+        if last:
+            node[part] = value
+            return
+        child = node[part]
+        if not isinstance(child, (dict, list)):
+            raise RecipeError(f"--set {assignment}: {here} is a value, not a table")
         node = child
-    node[parts[-1]] = _parse_override_value(text.strip())
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -405,20 +267,34 @@ def parse_recipe(raw: dict[str, Any], source: str = "<recipe>", registry: Regist
         raise RecipeError(f"{source}: {exc}") from None
 
 
+def _refuse_non_finite(node: Any, where: str) -> None:
+    """TOML allows ``nan`` and ``inf``; no recipe value means them (a learning rate of ``inf``
+    trains one step into non-finite weights, a ``clip_grad`` of ``nan`` turns clipping off)."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise RecipeError(f"{where}: {node} is not a finite number; give a finite value")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_non_finite(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_non_finite(value, f"{where}[{i}]")
+
+
 def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
+    _refuse_non_finite(raw, "")
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
-            raise RecipeError(f"{key}: unknown top-level key; {_suggest(key, list(TOP_LEVEL_KEYS))}")
+            raise RecipeError(f"{key}: unknown top-level key; {suggest(key, list(TOP_LEVEL_KEYS))}")
     for required in ("data", "transform", "model", "tasks"):
         if required not in raw:
             raise RecipeError(f"{required}: missing table [{required}]")
-    data = _build_component("dataset", raw["data"], "data", registry)
-    transform = _build_component("transform", raw["transform"], "transform", registry)
+    data = build_component("dataset", raw["data"], "data", registry)
+    transform = build_component("transform", raw["transform"], "transform", registry)
     model_table = raw["model"]
     if not isinstance(model_table, dict) or "encoder" not in model_table:
         raise RecipeError("model.encoder: missing table [model.encoder] with the encoder's name")
-    encoder = _build_component("encoder", model_table["encoder"], "model.encoder", registry)
-    model = _build_engine_table(ModelSpec, {k: v for k, v in model_table.items() if k != "encoder"}, "model")
+    encoder = build_component("encoder", model_table["encoder"], "model.encoder", registry)
+    model = build_engine_table(ModelSpec, {k: v for k, v in model_table.items() if k != "encoder"}, "model")
     if model.init_branch and not model.init:
         raise RecipeError("model.init_branch: names a branch of the model.init checkpoint; set model.init too")
     if model.init:  # read strictly now, so a file that does not fit is refused before any work
@@ -433,25 +309,18 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         raise RecipeError("tasks: define at least one [tasks.<your name>] table with the task's name")
     tasks = {}
     for task_name, table in tasks_table.items():
-        tasks[task_name] = _build_component("task", table, f"tasks.{task_name}", registry)
-    engine = {key: _build_engine_table(cls, raw.get(key, {}), key) for key, cls in ENGINE_TABLES.items()}
-    combiner: CombinerSpec = engine["combiner"]
-    for table_name, mapping in (
-        ("combiner.weights", combiner.weights),
-        ("combiner.shared_grad_scale", combiner.shared_grad_scale),
-        ("optim.lr_scale", engine["optim"].lr_scale),
-    ):
-        for task_name in mapping:
-            if task_name not in tasks:
-                raise RecipeError(f"{table_name}.{task_name}: no such task; {_suggest(task_name, list(tasks))}")
-    if combiner.pcgrad and combiner.weighting != "fixed":
-        raise RecipeError("combiner.pcgrad: PCGrad projects the gradients of fixed-weight losses; set weighting = \"fixed\"")
-    if model.split != "none":
-        # The stage names are only known once the encoder exists; checked again when it is built.
-        pass
-    from hcframe.evaluation.spec import parse_eval_tables  # lazy: the evaluation package imports this module
-
-    evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
+        tasks[task_name] = build_component("task", table, f"tasks.{task_name}", registry)
+    engine = {key: build_engine_table(cls, raw.get(key, {}), key) for key, cls in ENGINE_TABLES.items()}
+    for task_name in engine["optim"].lr_scale:
+        if task_name not in tasks:
+            raise RecipeError(f"optim.lr_scale.{task_name}: no such task; {suggest(task_name, list(tasks))}")
+    try:  # the combiner owns the rules of its table (task names, PCGrad with fixed weights)
+        TaskCombiner(list(tasks), **attrs.asdict(engine["combiner"]))
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    eval_specs, evaluations = parse_eval_tables(raw.get("eval", []), registry, list(tasks))
+    hooks = _parse_hooks(raw.get("hooks", []), registry)
+    loggers = _parse_loggers(raw.get("loggers", []), registry)
 
     resolved: dict[str, Any] = {
         "data": data.to_table(),
@@ -460,9 +329,13 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         "tasks": {n: t.to_table() for n, t in tasks.items()},
     }
     for key, spec in engine.items():
-        resolved[key] = _plain(attrs.asdict(spec))
+        resolved[key] = plain(attrs.asdict(spec))
     if evaluations:
         resolved["eval"] = evaluations
+    if hooks:
+        resolved["hooks"] = [h.to_table() for h in hooks]
+    if loggers:
+        resolved["loggers"] = [lg.to_table() for lg in loggers]
     return Recipe(
         source=source,
         data=data,
@@ -472,33 +345,82 @@ def _parse(raw: dict[str, Any], registry: Registry, source: str) -> Recipe:
         model=model,
         evaluations=evaluations,
         raw=resolved,
+        hooks=hooks,
+        loggers=loggers,
+        eval_specs=eval_specs,
         **engine,
     )
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
+def _parse_hooks(tables: Any, registry: Registry) -> list[ComponentSpec]:
+    """``[[hooks]]``: component tables of kind ``hook``, run after the trainer's own hooks."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RecipeError("hooks: expected [[hooks]] tables, each with name = \"<hook>\" and the hook's arguments")
+    return [build_component("hook", table, f"hooks[{i}]", registry) for i, table in enumerate(tables)]
+
+
+def _parse_loggers(tables: Any, registry: Registry) -> list[ComponentSpec]:
+    """``[[loggers]]``: component tables of kind ``logger``. A logger whose optional dependency is
+    not installed is refused here, before any work, with the extra that installs it."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise RecipeError("loggers: expected [[loggers]] tables, each with name = \"<logger>\" and the logger's arguments")
+    specs = [build_component("logger", table, f"loggers[{i}]", registry) for i, table in enumerate(tables)]
+    for i, spec in enumerate(specs):
+        check = getattr(registry.get("logger", spec.name).factory, "missing_dependency", None)
+        missing = check() if check is not None else None
+        if missing:
+            raise RecipeError(f"loggers[{i}].name: logger {spec.name!r} {missing}")
+    return specs
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The TOML table of a recipe file. Refused with one line (:class:`RecipeError`): a path that
+    is not a regular file (a folder, a FIFO, a device such as ``/dev/zero``: never read, so
+    nothing hangs), a file over :data:`MAX_RECIPE_BYTES`, text that is not UTF-8, TOML syntax
+    errors (with their line and column)."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise RecipeError(f"{path}: recipe file not found") from None
+    except IsADirectoryError:
+        raise RecipeError(f"{path}: is a folder; give the recipe's .toml file") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise RecipeError(f"{path}: is a folder; give the recipe's .toml file")
+        raise RecipeError(f"{path}: not a regular file (a pipe, device or socket); give the recipe's .toml file")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            data = handle.read(MAX_RECIPE_BYTES + 1)
+        except OSError as exc:
+            raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
+    if len(data) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{path}: larger than {MAX_RECIPE_BYTES // 1024} KiB, too large to be a recipe; give the recipe's .toml file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); save the recipe as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text.removeprefix("\ufeff"))  # a byte-order mark some editors write
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), registry: Registry | None = None) -> Recipe:
-    """Read, override and validate a recipe file. Raises :class:`RecipeError` (one line)."""
+    """Read, override and validate a recipe file. Raises :class:`RecipeError` (one line).
+
+    This checks keys, types and values; :func:`hcframe.config.build_run` also constructs every
+    component and checks the data (what ``hcframe run`` does before any work)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise RecipeError(f"{path}: recipe file not found") from None
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read recipe: {exc.strerror}") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML: {exc}") from None
+    raw = read_recipe_file(path)
     for assignment in overrides:
         try:
             apply_override(raw, assignment)

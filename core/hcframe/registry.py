@@ -29,6 +29,7 @@ import importlib
 import importlib.metadata as metadata
 import inspect
 import os
+import re
 import sys
 from typing import Any, Callable, Iterable
 
@@ -38,6 +39,7 @@ import pluggy
 __all__ = [
     "KINDS",
     "ComponentRecord",
+    "DuplicateComponentError",
     "PluginError",
     "PluginFailure",
     "Registry",
@@ -55,7 +57,7 @@ ENV_DISABLE_AUTOLOAD = "HCFRAME_DISABLE_PLUGIN_AUTOLOAD"
 ENV_STRICT = "HCFRAME_STRICT_PLUGINS"
 ENV_PLUGINS = "HCFRAME_PLUGINS"
 
-KINDS = ("dataset", "transform", "encoder", "head", "task", "teacher")
+KINDS = ("dataset", "transform", "encoder", "head", "task", "teacher", "hook", "logger")
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -63,6 +65,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 class PluginError(RuntimeError):
     """A plugin could not be loaded or registered (fatal only in strict mode or for duplicates)."""
+
+
+class DuplicateComponentError(PluginError):
+    """Two plugins register the same kind and name: always fatal (neither is wrong alone)."""
+
+
+#: What a component name may look like (it is written in recipes and on command lines).
+NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_.\-]*"
 
 
 class UnknownComponentError(LookupError):
@@ -97,7 +107,7 @@ class ComponentRecord:
     """One registration: what it is, how to build it, and which distribution provided it."""
 
     kind: str = attrs.field(validator=attrs.validators.in_(KINDS))
-    name: str = attrs.field(validator=attrs.validators.matches_re(r"[A-Za-z_][A-Za-z0-9_.\-]*"))
+    name: str = attrs.field(validator=attrs.validators.matches_re(NAME_PATTERN))
     factory: Callable[..., Any] = attrs.field(validator=attrs.validators.is_callable(), repr=False)
     provider: str
     version: str
@@ -138,6 +148,7 @@ class Registry:
         self._pm = pluggy.PluginManager(PROJECT)
         self._pm.add_hookspecs(HookSpecs)
         self._providers: dict[str, _Provider] = {}
+        self._registering: list[tuple[str, str]] | None = None  # what the running hook added
 
     # --- adding -------------------------------------------------------------------------------
     def add(
@@ -150,6 +161,13 @@ class Registry:
         """Register ``factory`` (a class or function) as component ``name`` of ``kind``."""
         if kind not in KINDS:
             raise PluginError(f"{self._provider.name}: unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise PluginError(
+                f"{self._provider.name}: {kind} name {name!r} is not valid: use letters, digits, '_', '.' and '-', "
+                f"starting with a letter or '_'"
+            )
+        if not callable(factory):
+            raise PluginError(f"{self._provider.name}: {kind} {name!r}: {factory!r} is not a class or function")
         record = ComponentRecord(
             kind=kind,
             name=name,
@@ -160,30 +178,43 @@ class Registry:
         )
         existing = self._records[kind].get(name)
         if existing is not None:
-            raise PluginError(
+            raise DuplicateComponentError(
                 f"{kind} {name!r} is registered twice: by {existing.provider} {existing.version} "
                 f"and by {record.provider} {record.version}; uninstall one of them"
             )
         self._records[kind][name] = record
+        if self._registering is not None:
+            self._registering.append((kind, name))
         return record
 
     def register_plugin(self, plugin: object, name: str, provider: str, version: str = "") -> None:
-        """Register a plugin object and run its ``hcframe_register`` hook now."""
+        """Register a plugin object and run its ``hcframe_register`` hook now.
+
+        All or nothing: when the hook raises, the components it added before that are removed
+        and the plugin is unregistered (its commands are not added), then the error is raised."""
         if self._pm.is_registered(plugin) or self._pm.has_plugin(name):
             return
         self._pm.register(plugin, name=name)
         self._providers[name] = _Provider(provider, version)
-        for impl in self._pm.hook.hcframe_register.get_hookimpls():
-            if impl.plugin_name == name:
-                self._call_register(impl)
+        added: list[tuple[str, str]] = []
+        try:
+            for impl in self._pm.hook.hcframe_register.get_hookimpls():
+                if impl.plugin_name == name:
+                    self._call_register(impl, added)
+        except BaseException:
+            for kind, component in added:
+                self._records[kind].pop(component, None)
+            self._pm.unregister(name=name)
+            self._providers.pop(name, None)
+            raise
 
-    def _call_register(self, impl: Any) -> None:
-        previous = self._provider
-        self._provider = self._providers[impl.plugin_name]
+    def _call_register(self, impl: Any, added: list[tuple[str, str]]) -> None:
+        previous, outer = self._provider, self._registering
+        self._provider, self._registering = self._providers[impl.plugin_name], added
         try:
             impl.function(registry=self)
         finally:
-            self._provider = previous
+            self._provider, self._registering = previous, outer
 
     def add_commands(self, cli: Any, on_error: Callable[[str, BaseException], None]) -> None:
         """Let every plugin add its CLI commands; a plugin whose hook raises is reported, skipped."""
@@ -217,10 +248,12 @@ class Registry:
         """Records sorted by kind then name; ``pattern`` is a shell-style filter on names."""
         import fnmatch
 
+        if kind is not None and kind not in KINDS:
+            raise UnknownComponentError(f"no component kind {kind!r}; kinds are {', '.join(KINDS)}")
         kinds = KINDS if kind is None else (kind,)
         out = []
         for k in kinds:
-            for n in sorted(self._records.get(k, {})):
+            for n in sorted(self._records[k]):
                 if pattern is None or fnmatch.fnmatch(n, pattern):
                     out.append(self._records[k][n])
         return out
@@ -258,10 +291,10 @@ def _load_entry_points(registry: Registry, autoload: bool, strict: bool) -> None
         try:
             plugin = ep.load()
             registry.register_plugin(plugin, name=f"{dist_name}:{ep.name}", provider=dist_name, version=dist_version)
-        except PluginError:
+        except DuplicateComponentError:
             raise
-        except Exception as exc:
-            failure = PluginFailure(plugin=f"{ep.name} = {ep.value}", provider=dist_name, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # its registrations were rolled back: it is skipped whole
+            failure = PluginFailure(plugin=f"{ep.name} = {ep.value}", provider=dist_name, error=_describe(exc))
             if strict:
                 raise PluginError(
                     f"plugin {failure.plugin} from {dist_name} failed to load: {failure.error}"
@@ -279,7 +312,19 @@ def _register_explicit(registry: Registry, spec: str, strict: bool = True) -> No
         registry.failures.append(PluginFailure(plugin=spec, provider=spec, error=message))
         return
     version = str(getattr(sys.modules.get(spec.partition(":")[0]), "__version__", ""))
-    registry.register_plugin(plugin, name=spec, provider=f"{spec} (explicit)", version=version)
+    try:
+        registry.register_plugin(plugin, name=spec, provider=f"{spec} (explicit)", version=version)
+    except DuplicateComponentError:
+        raise
+    except Exception as exc:  # its registrations were rolled back
+        raise PluginError(f"plugin {spec!r} (named by --plugin or {ENV_PLUGINS}) failed to register: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """One line: the message of our own errors, ``Type: first line`` of anything else."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return first if isinstance(exc, PluginError) else f"{type(exc).__name__}: {first}"
 
 
 def build_registry(

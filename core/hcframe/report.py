@@ -1,21 +1,27 @@
-"""``hcframe report RUN_DIR``: PNG plots of a run's training curves and its evaluation as Markdown.
+"""``hcframe report RUN_DIR``: figures of a run's training curves (matplotlib, PNG and SVG) and its
+evaluation as Markdown.
 
 Reads the run directory the trainer writes (see :class:`hcframe.engine.trainer.Trainer`):
 
 * ``metrics.jsonl`` — one JSON object per logged step (``step``, ``epoch``, ``lr``, ``loss``,
   ``<task>/<term>``, ``<task>/loss``, ``weight/<task>``, ``grad_cos/<a>~<b>``, ``clips_per_s``,
-  ``time``); lines written between logged steps hold only ``step`` and ``grad_cos/...``.
-  A resumed run replays the steps after its last checkpoint, so when a step appears twice for a
-  key the later line wins. A truncated last line (a run killed mid-write) is ignored.
+  ``time``, and what hooks add); lines written between logged steps hold only ``step`` and a
+  step's own values (gradient cosines). A resumed run replays the steps after its last
+  checkpoint, so when a step appears twice for a key the later line wins. A truncated last line
+  (a run killed mid-write) is ignored.
+* ``metrics_schema.json`` — what every key is (:class:`hcframe.metrics.MetricInfo`: kind and
+  plot), as the tasks, the combiner, the trainer and the hooks declared it. Keys it does not name
+  (or every key, in a folder without the file) are plotted with the "other task metrics".
 * ``summary.json`` — ``status``, ``steps``, ``wall_time_s``, ``final_metrics`` and ``eval``
   (result name -> metric -> number), and ``eval.json`` when ``hcframe eval`` wrote one there.
 
-and writes ``<run>/report/`` (or ``--out``): one PNG per group of keys that has data
-(:data:`GROUPS`) and ``eval.md``.
-
-Which ``<task>/<term>`` keys are loss terms cannot be read from ``metrics.jsonl`` (losses and
-metrics are logged alike), so the terms in :data:`METRIC_TERMS` (and any term ending in ``acc``
-or starting with ``top``) are taken as metrics and every other term as a loss term.
+and writes ``<run>/report/`` (or ``--out``): one figure per plot that has data (the core's
+:data:`GROUPS` first, then the plots declarations name, in the order they first appear), as
+``<plot>.png`` and ``<plot>.svg``, and ``eval.md``. A figure has one panel per task (the part of
+a key before its first ``/``; keys without one, such as the total ``loss``, in a panel of their
+own), and draws each curve raw and smoothed (``smoothing``, TensorBoard's debiased exponential
+moving average; not the learning rate and the loss weights). Drawing needs matplotlib
+(``pip install 'hcframe[report]'``); without it the report is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -26,27 +32,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from hcframe.plots import LineSeries, line_chart
+from hcframe.figures import Curve, MatplotlibMissing, Panel, curves_figure, require_matplotlib, save_figure
+from hcframe.metrics import (
+    KIND_PLOTS,
+    MetricInfo,
+    eval_metric_kind,
+    format_metric,
+    is_percent,
+    metric_order,
+    read_metric_schema,
+)
 
 __all__ = [
     "GROUPS",
-    "METRIC_TERMS",
     "PlotGroup",
     "ReportError",
     "classify_key",
     "eval_markdown",
-    "format_metric",
-    "is_fraction_metric",
     "numeric_metrics",
+    "plot_groups",
     "read_metrics",
+    "build_figures",
     "write_plots",
     "write_report",
 ]
 
-# Task terms that are measurements, not losses (core, hcframe-contrastive, hcframe-parsing).
-METRIC_TERMS = frozenset({"acc", "miou", "pixel_acc", "pos_sim", "neg_sim", "queue_fill", "momentum", "valid_fraction"})
-# Bookkeeping keys of a metrics line, never plotted as a task curve.
+# Bookkeeping keys of a metrics line, never plotted.
 BOOKKEEPING = frozenset({"step", "epoch", "time"})
+OTHER_PLOT = KIND_PLOTS["other"]
 
 
 class ReportError(ValueError):
@@ -55,54 +68,58 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True)
 class PlotGroup:
-    """One PNG: the keys :func:`classify_key` puts in group ``name``."""
+    """One figure: the keys :func:`classify_key` puts in plot ``name``."""
 
     name: str  # also the file stem
     title: str
     ylabel: str
     log_y: str  # "never" | "auto" (when every value is > 0 and they span a factor of 20 or more)
+    smooth: bool = True  # draw smoothed curves over the raw ones when smoothing is on
+    percent: bool = False  # values in [0, 1], drawn in %
 
 
+#: The plots of the keys the core itself logs and of the metric kinds, in this order.
 GROUPS: tuple[PlotGroup, ...] = (
     PlotGroup("losses", "Losses (total, per task, and loss terms)", "loss", "auto"),
-    PlotGroup("learning_rate", "Learning rate", "learning rate", "never"),
-    PlotGroup("contrastive_accuracy", "Accuracy (*/acc)", "accuracy", "never"),
-    PlotGroup("parsing_quality", "Parsing quality (mIoU, pixel accuracy)", "fraction", "never"),
+    PlotGroup("learning_rate", "Learning rate", "learning rate", "never", smooth=False),
+    PlotGroup("accuracy", "Accuracies", "accuracy", "never", percent=True),
+    PlotGroup("fractions", "Fractions", "fraction", "never", percent=True),
     PlotGroup("gradient_cosine", "Cosine between task gradients on the shared trunk", "cosine", "never"),
-    PlotGroup("loss_weights", "Loss weights", "weight", "auto"),
-    PlotGroup("task_metrics", "Other task metrics", "value", "never"),
+    PlotGroup("loss_weights", "Loss weights", "weight", "auto", smooth=False),
+    PlotGroup(OTHER_PLOT, "Other task metrics", "value", "never"),
     PlotGroup("throughput", "Throughput", "clips / s", "never"),
+    PlotGroup("data_wait", "Time each step waited for its batch (decoding and transform)", "seconds", "never"),
 )
+_KIND_YLABELS = {"loss": "loss", "accuracy": "accuracy", "fraction": "fraction", "other": "value"}
 
 
-def _is_metric_term(term: str) -> bool:
-    return term in METRIC_TERMS or term.endswith("acc") or term.startswith("top")
-
-
-def classify_key(key: str) -> str | None:
-    """The :data:`GROUPS` name a ``metrics.jsonl`` key is plotted in (None: not plotted)."""
+def classify_key(key: str, schema: Mapping[str, MetricInfo]) -> str | None:
+    """The plot a ``metrics.jsonl`` key is drawn in (None: not plotted): its declaration's, else
+    the plot of other task metrics."""
     if key in BOOKKEEPING:
         return None
-    if key == "loss":
-        return "losses"
-    if key == "lr":
-        return "learning_rate"
-    if key == "clips_per_s":
-        return "throughput"
-    head, _, term = key.partition("/")
-    if not term:
-        return "task_metrics"
-    if head == "grad_cos":
-        return "gradient_cosine"
-    if head == "weight":
-        return "loss_weights"
-    if term == "loss" or not _is_metric_term(term):
-        return "losses"
-    if term.endswith("acc") and term != "pixel_acc":
-        return "contrastive_accuracy"
-    if term in ("miou", "pixel_acc"):
-        return "parsing_quality"
-    return "task_metrics"
+    info = schema.get(key)
+    return info.plot_name if info is not None else OTHER_PLOT
+
+
+def plot_groups(keys: Iterable[str], schema: Mapping[str, MetricInfo]) -> list[PlotGroup]:
+    """The plots ``keys`` are drawn in: the core's :data:`GROUPS` (in their order), then plots named
+    by declarations (in the order their keys come), titled after their name (``"my_plot"``: "My plot"), labelled by their keys' kind, on a log axis when they are all losses."""
+    core = {g.name: g for g in GROUPS}
+    members: dict[str, list[str]] = {}
+    for key in keys:
+        name = classify_key(key, schema)
+        if name is not None:
+            members.setdefault(name, []).append(key)
+    groups = [g for g in GROUPS if g.name in members]
+    for name, group_keys in members.items():
+        if name in core:
+            continue
+        kinds = {schema[k].kind for k in group_keys if k in schema}
+        percent = bool(kinds) and all(is_percent(k) for k in kinds)  # e.g. mIoU beside pixel accuracy
+        kind = next(iter(kinds)) if len(kinds) == 1 else "other"
+        groups.append(PlotGroup(name, name.replace("_", " ").capitalize(), _KIND_YLABELS[kind], "auto" if kind == "loss" else "never", percent=percent))
+    return groups
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -159,41 +176,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 # --- formatting ----------------------------------------------------------------------------------
-def is_fraction_metric(name: str) -> bool:
-    """Metrics stored as fractions and shown in %: top-k accuracies, recalls, ``*acc``, mIoU."""
-    last = name.rsplit("/", 1)[-1]
-    return last.startswith(("top", "clip_top", "train_top", "R@")) or last.endswith("acc") or last == "miou"
-
-
-def format_metric(name: str, value: float) -> str:
-    """``value`` as shown in reports: fractions (see :func:`is_fraction_metric`) in % with two
-    decimals, integers as integers, anything else with four significant digits."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "n/a" if math.isnan(value) else str(value)
-    if is_fraction_metric(name):
-        return f"{100 * value:.2f}"
-    if isinstance(value, int) or float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return f"{value:.4g}"
-
-
-def _metric_order(name: str) -> tuple[int, float, str]:
-    def number(s: str) -> float:
-        return float(s) if s.isdigit() else math.inf
-
-    if name.startswith("top"):
-        return (0, number(name[3:]), name)
-    if name.startswith("clip_top"):
-        return (1, number(name[8:]), name)
-    if name.startswith("R@"):
-        return (2, number(name[2:]), name)
-    if name.startswith("train_"):
-        return (3, 0, name)
-    if name.startswith("num_") or name.endswith("_views"):
-        return (5, 0, name)
-    return (4, 0, name)
-
-
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float | int]:
     """The int and float (not bool) entries of one result."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -210,16 +192,17 @@ def _markdown_table(header: list[str], rows: Iterable[list[str]], align_right_fr
 
 
 def eval_markdown(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """A Markdown table: one row per result name, one column per numeric metric (fractions in %,
-    see :func:`format_metric`; ``-`` where a result lacks the metric). Non-numeric entries (split
+    """A Markdown table: one row per result name, one column per numeric metric (accuracies and
+    recalls in %, see :func:`hcframe.metrics.format_metric`; ``-`` where a result lacks the metric). Non-numeric entries (split
     lists, bad-video lists) are left out. Raises ``ValueError`` when ``results`` is not a
     mapping of names to mappings."""
     if not isinstance(results, Mapping) or not all(isinstance(m, Mapping) for m in results.values()):
         raise ValueError("eval results must map result names to {metric: number} tables")
     numeric = {name: numeric_metrics(m) for name, m in results.items()}
-    columns = sorted({k for m in numeric.values() for k in m}, key=_metric_order)
-    header = ["evaluation"] + [f"{c} (%)" if is_fraction_metric(c) else c for c in columns]
-    rows = [[name] + [format_metric(c, m[c]) if c in m else "-" for c in columns] for name, m in numeric.items()]
+    columns = sorted({k for m in numeric.values() for k in m}, key=metric_order)
+    kinds = {c: eval_metric_kind(c) for c in columns}
+    header = ["evaluation"] + [f"{c} (%)" if is_percent(kinds[c]) else c for c in columns]
+    rows = [[name] + [format_metric(m[c], kinds[c]) if c in m else "-" for c in columns] for name, m in numeric.items()]
     return _markdown_table(header, rows)
 
 
@@ -231,22 +214,57 @@ def _log_scale(values: list[float], policy: str) -> bool:
     return max(finite) / min(finite) >= 20
 
 
-def write_plots(series: Mapping[str, tuple[list[int], list[float]]], out_dir: Path, size: tuple[int, int] = (900, 520)) -> list[Path]:
-    """One PNG per :data:`GROUPS` entry whose keys have at least one finite value."""
-    written = []
-    for group in GROUPS:
-        keys = [k for k in series if classify_key(k) == group.name]
-        keys = [k for k in keys if any(math.isfinite(v) for v in series[k][1])]
-        if not keys:
+def _panels(group: PlotGroup, keys: list[str], series: Mapping[str, tuple[list[int], list[float]]]) -> list[Panel]:
+    """One panel per task (the part of a key before its first "/"), in the order keys come;
+    keys without a "/" (the total loss, ``lr``) share a first panel."""
+    by_prefix: dict[str, list[str]] = {"": []}
+    for key in keys:
+        by_prefix.setdefault(key.split("/", 1)[0] if "/" in key else "", []).append(key)
+    panels = []
+    for prefix, members in by_prefix.items():
+        if not members:
             continue
-        lines = [LineSeries(k, series[k][0], series[k][1]) for k in keys]
-        log_y = _log_scale([v for k in keys for v in series[k][1]], group.log_y)
-        chart = line_chart(lines, title=group.title, xlabel="step", ylabel=group.ylabel + (" (log scale)" if log_y else ""), log_y=log_y, size=size, integer_x=True)
-        written.append(chart.save(out_dir / f"{group.name}.png"))
+        log_y = _log_scale([v for k in members for v in series[k][1]], group.log_y)
+        title = prefix or ("total" if group.name == "losses" else group.title)
+        curves = [Curve(k, series[k][0], series[k][1]) for k in members]
+        panels.append(Panel(title, curves, ylabel=group.ylabel + (" (log scale)" if log_y else ""), log_y=log_y, percent=group.percent))
+    return panels
+
+
+def build_figures(
+    series: Mapping[str, tuple[list[int], list[float]]],
+    schema: Mapping[str, MetricInfo] | None = None,
+    smoothing: float = 0.6,
+) -> dict[str, Any]:
+    """One matplotlib figure per plot (:func:`plot_groups`) whose keys have a finite value, by
+    plot name. Raises :class:`~hcframe.figures.MatplotlibMissing` without matplotlib."""
+    require_matplotlib()
+    schema = schema or {}
+    drawn = [k for k in series if any(math.isfinite(v) for v in series[k][1])]
+    figures = {}
+    for group in plot_groups(drawn, schema):
+        keys = [k for k in drawn if classify_key(k, schema) == group.name]
+        panels = _panels(group, keys, series)
+        figures[group.name] = curves_figure(group.title, panels, smoothing=smoothing if group.smooth else 0.0)
+    return figures
+
+
+def write_plots(
+    series: Mapping[str, tuple[list[int], list[float]]],
+    out_dir: Path,
+    schema: Mapping[str, MetricInfo] | None = None,
+    smoothing: float = 0.6,
+) -> list[Path]:
+    """Each figure of :func:`build_figures` as ``<plot>.png`` and ``<plot>.svg`` in ``out_dir``."""
+    written = []
+    for name, figure in build_figures(series, schema, smoothing).items():
+        written.extend(save_figure(figure, out_dir, name))
     return written
 
 
-def _report_markdown(run_dir: Path, summary: dict[str, Any] | None, eval_file: dict[str, Any] | None, plots: list[Path]) -> str:
+def _report_markdown(
+    run_dir: Path, summary: dict[str, Any] | None, eval_file: dict[str, Any] | None, plots: list[Path], schema: Mapping[str, MetricInfo]
+) -> str:
     parts = [f"# Run report: {run_dir.name}", ""]
     if summary is None:
         parts += ["No `summary.json` in the run directory (the run is still going, or was killed).", ""]
@@ -275,16 +293,25 @@ def _report_markdown(run_dir: Path, summary: dict[str, Any] | None, eval_file: d
     final = {k: v for k, v in final.items() if k not in BOOKKEEPING}
     if final:
         parts += ["## Training metrics at the last logged step", ""]
-        parts += [_markdown_table(["metric", "value"], [[k, format_metric(k, v) + (" %" if is_fraction_metric(k) else "")] for k, v in final.items()]), ""]
+        kinds = {k: schema[k].kind if k in schema else "other" for k in final}
+        rows = [[k, format_metric(v, kinds[k]) + (" %" if is_percent(kinds[k]) else "")] for k, v in final.items()]
+        parts += [_markdown_table(["metric", "value"], rows), ""]
     if plots:
-        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+        parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots if p.suffix == ".png"] + [""]
     return "\n".join(parts)
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, size: tuple[int, int] = (900, 520)) -> list[Path]:
-    """Write the PNG plots and ``eval.md`` of ``run_dir`` into ``out_dir`` (default
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, smoothing: float = 0.6) -> list[Path]:
+    """Write the figures (PNG and SVG) and ``eval.md`` of ``run_dir`` into ``out_dir`` (default
     ``run_dir/report``); returns the written paths. Raises :class:`ReportError` (one line) when
-    the run directory or its ``metrics.jsonl`` is missing or unreadable."""
+    matplotlib is missing, the smoothing is outside [0, 1), or the run directory or its
+    ``metrics.jsonl`` is missing or unreadable."""
+    try:
+        require_matplotlib()
+    except MatplotlibMissing as exc:
+        raise ReportError(str(exc)) from None
+    if not 0.0 <= smoothing < 1.0:
+        raise ReportError(f"smoothing must be in [0, 1) (0: off), got {smoothing}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: run directory not found")
@@ -292,11 +319,15 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None, *, size
     if not metrics_path.is_file():
         raise ReportError(f"{metrics_path}: no metrics.jsonl in the run directory (is {run_dir} a run directory of `hcframe run`?)")
     series = read_metrics(metrics_path)
+    try:
+        schema = read_metric_schema(run_dir)
+    except ValueError as exc:
+        raise ReportError(str(exc)) from None
     summary = _read_json(run_dir / "summary.json")
     eval_file = _read_json(run_dir / "eval.json")
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(series, out, size)
+    plots = write_plots(series, out, schema, smoothing)
     markdown = out / "eval.md"
-    markdown.write_text(_report_markdown(run_dir, summary, eval_file, plots))
+    markdown.write_text(_report_markdown(run_dir, summary, eval_file, plots, schema))
     return plots + [markdown]

@@ -27,6 +27,12 @@ class Normalize(BatchTransform):
 
     def forward(self, batch: dict[str, Any], train: bool = True) -> dict[str, Any]:
         views = batch["views"]  # [B, V, 3, T, H, W] uint8
+        if "views_hw" in batch:
+            sizes = sorted({tuple(hw) for hw in batch["views_hw"].tolist()})
+            raise ValueError(
+                f"normalize: this batch holds frames of different sizes {sizes} (padded to one); normalize does not "
+                "crop, so use a transform that does (e.g. video_augment) or a dataset in test mode"
+            )
         out = dict(batch)
         out["views"] = [((views[:, v].float() / 255.0) - self._mean) / self._std for v in range(views.shape[1])]
         if "parts" in batch:

@@ -12,10 +12,12 @@ import sys
 import pytest
 import torch
 
-import hcframe
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
-from hcframe.engine.trainer import Trainer
+from hcframe.engine.trainer import Trainer, build_model
 from hcframe.recipe import dump_toml, load_recipe
+from hcframe_testkit import CrashAfterMicroBatches, Crashed
+
+pytestmark = pytest.mark.usefixtures("testkit")
 
 
 def recipe_table(batch_norm: bool, steps: int = 6, moco_batch_norm: bool | None = None) -> dict:
@@ -34,28 +36,9 @@ def recipe_table(batch_norm: bool, steps: int = 6, moco_batch_norm: bool | None 
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def testkit():
-    hcframe.register_plugin("hcframe_testkit")
-
-
-class Killed(Exception):
-    pass
-
-
 def _train(recipe, run_dir, resume=False, kill_after_micro=None):
-    trainer = Trainer(recipe, run_dir, resume=resume, log=lambda m: None)
-    if kill_after_micro is not None:
-        original, calls = trainer._forward, {"n": 0}
-
-        def forward(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] > kill_after_micro:
-                raise Killed()
-            return original(*args, **kwargs)
-
-        trainer._forward = forward
-    return trainer.train()
+    hooks = [CrashAfterMicroBatches(kill_after_micro)] if kill_after_micro is not None else []
+    return Trainer(recipe, run_dir, resume=resume, log=lambda m: None, hooks=hooks).train()
 
 
 def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
@@ -63,7 +46,7 @@ def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
     path.write_text(dump_toml(recipe_table(batch_norm=True)))
     recipe = load_recipe(path)
     _train(recipe, tmp_path / "straight")
-    with pytest.raises(Killed):
+    with pytest.raises(Crashed):
         _train(recipe, tmp_path / "killed", kill_after_micro=3)
     _train(recipe, tmp_path / "killed", resume=True)
     a = load_checkpoint(latest_checkpoint(tmp_path / "straight" / "checkpoints"))["model"]
@@ -77,6 +60,11 @@ def test_trainer_kill_and_resume_restores_queue_and_key_encoder(tmp_path):
     logged = set().union(*(r.keys() for r in records))
     for name in ("simclr/nce", "simclr/acc", "simclr/pos_sim", "simclr/neg_sim", "moco/nce", "moco/acc", "moco/queue_fill", "moco/momentum"):
         assert name in logged, name
+    # The tasks declared every term they log (what `hcframe report` plots them by).
+    declared = {i.name: i.kind for i in build_model(recipe).metric_info()}
+    task_keys = {k for k in logged if k.split("/")[0] in ("simclr", "moco")}
+    assert task_keys <= set(declared)
+    assert {k for k in task_keys if declared[k] == "loss"} == {"simclr/nce", "simclr/loss", "moco/nce", "moco/loss"}
     assert [r["moco/queue_fill"] for r in records if "moco/queue_fill" in r][:5] == [0.2, 0.4, 0.6, 0.8, 1.0]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hcframe import TaskInput, get_registry
+from hcframe import get_registry
 from hcframe.engine.model import MultiTaskModel
 from hcframe_contrastive import MoCoTask, MomentumEncoder, NegativeQueue, SimCLRTask, momentum_at
 
@@ -153,6 +153,23 @@ def test_simclr_negatives_option_checked_and_changes_the_loss(tiny_encoder_facto
         losses[negatives] = task(make_task_input(encoder, structured_views(0))).total.item()
     # same weights and clips: NT-Xent has B - 1 more negatives per anchor, so a larger loss
     assert losses["both_views"] > losses["cross_view"] + 0.1, losses
+
+
+@pytest.mark.parametrize("negatives", ["both_views", "cross_view"])
+def test_simclr_batch_of_one_clip_warns_once_and_logs_no_accuracy(tiny_encoder_factory, make_task_input, negatives):
+    # Unreadable videos dropped from a batch can leave one clip: only the positive, no negative.
+    encoder, task = _setup(SimCLRTask(hidden_dim=16, out_dim=8, negatives=negatives), tiny_encoder_factory)
+    one = [v[:1] for v in structured_views(0)]
+    with pytest.warns(RuntimeWarning, match="simclr: a batch held a single clip") as caught:
+        out = task(make_task_input(encoder, one))
+        task(make_task_input(encoder, one))
+    assert len(caught) == 1  # once per task, not once per step
+    assert len(str(caught[0].message).splitlines()) == 1
+    # The softmax over a single candidate is 1: the loss is exactly 0 and nothing is learnt.
+    assert out.losses["nce"].item() == 0.0 and out.metrics == {}
+    two = task(make_task_input(encoder, [v[:2] for v in structured_views(0)]))
+    assert set(two.metrics) == {"acc", "pos_sim", "neg_sim"}  # two clips have negatives again
+    assert SimCLRTask.min_batch_size == 2  # a recipe with train.batch_size = 1 is refused
 
 
 def _moco(**kw):

@@ -1,4 +1,4 @@
-"""Fixtures for engine tests: the test kit registered in-process and a toy recipe."""
+"""Fixtures for engine tests: a toy recipe built from the test kit."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-import hcframe
 from hcframe.recipe import dump_toml, load_recipe
 
 TOY = {
@@ -17,11 +16,6 @@ TOY = {
     "train": {"steps": 10, "batch_size": 8, "log_every": 2, "checkpoint_every": 4},
     "optim": {"lr": 0.05},
 }
-
-
-@pytest.fixture(scope="session", autouse=True)
-def testkit():
-    hcframe.register_plugin("hcframe_testkit")
 
 
 @pytest.fixture

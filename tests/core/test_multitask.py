@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from hcframe.components import PretextTask, TaskOutput
-from hcframe.engine.model import LossCombiner, MultiTaskModel, gradient_cosines, pcgrad_combine
+from hcframe.engine.combiner import TaskCombiner, gradient_cosines, pcgrad_combine
+from hcframe.engine.model import MultiTaskModel
 from hcframe_testkit import TinyEncoder
 
 
@@ -94,7 +95,7 @@ def test_concat_representation_joins_the_branches():
 
 
 def test_uncertainty_weighting_matches_kendall_formula():
-    combiner = LossCombiner(["a", "b"], weights={"a": 1.0, "b": 0.5}, weighting="uncertainty")
+    combiner = TaskCombiner(["a", "b"], weights={"a": 1.0, "b": 0.5}, weighting="uncertainty")
     losses = {"a": torch.tensor(2.0), "b": torch.tensor(4.0)}
     total, parts = combiner(losses)
     s = combiner.log_vars.detach()
@@ -133,7 +134,8 @@ def test_shared_grad_scale_limits_a_task_to_its_branch():
     only_b = _single_task_grads(full, batch, "b")
     for scale in (0.0, 0.5):
         torch.manual_seed(0)
-        model = MultiTaskModel(TinyEncoder(), {"a": PooledSum(1.0), "b": PooledSum(-3.0)}, split="layer2", shared_grad_scale={"b": scale})
+        combiner = TaskCombiner(["a", "b"], shared_grad_scale={"b": scale})
+        model = MultiTaskModel(TinyEncoder(), {"a": PooledSum(1.0), "b": PooledSum(-3.0)}, split="layer2", combiner=combiner)
         total, _, _ = model(batch)
         grads = _grads(model, total)
         for name, g in grads.items():

@@ -23,6 +23,8 @@ from hcframe.engine.pretrained import EXPORT_FORMAT
 from hcframe.engine.trainer import build_model
 from hcframe.recipe import RecipeError, dump_toml, load_recipe, parse_recipe
 
+pytestmark = pytest.mark.usefixtures("testkit")  # the toy recipes use the test kit's components
+
 PROBE = {
     "protocol": "linear_probe", "branch": "bright", "max_iter": 30,
     "train_data": {"name": "moving_squares", "num_videos": 16, "seed": 0},

@@ -11,6 +11,8 @@ from hcframe.recipe import RecipeError, apply_override, dump_toml, load_recipe, 
 from hcframe.registry import Registry
 from hcframe.engine.trainer import Trainer
 
+pytestmark = pytest.mark.usefixtures("testkit")
+
 
 class ToyTeacher(hcframe.Teacher):
     """A teacher for nested-table tests."""
@@ -23,7 +25,7 @@ class ToyTeacher(hcframe.Teacher):
     def identity(self):
         return {"size": self.size}
 
-    def forward(self, frames):
+    def forward(self, frames, output_size=None):
         raise NotImplementedError
 
 

@@ -7,10 +7,9 @@ import torch
 
 from hcframe.engine.checkpoint import latest_checkpoint, load_checkpoint
 from hcframe.engine.trainer import Trainer
+from hcframe_testkit import CrashAfterMicroBatches, Crashed
 
-
-class Killed(Exception):
-    pass
+pytestmark = pytest.mark.usefixtures("testkit")
 
 
 def _final_state(run_dir):
@@ -18,24 +17,16 @@ def _final_state(run_dir):
 
 
 def _train(recipe, run_dir, resume=False, kill_after_micro=None):
-    trainer = Trainer(recipe, run_dir, resume=resume, log=lambda m: None)
-    if kill_after_micro is not None:
-        calls = {"n": 0}
-        original = trainer._forward
-
-        def forward(*args, **kwargs):
-            calls["n"] += 1
-            if calls["n"] > kill_after_micro:
-                raise Killed()
-            return original(*args, **kwargs)
-
-        trainer._forward = forward
-    return trainer.train()
+    """Train; with ``kill_after_micro``, a fault-injection hook crashes the run in the forward pass
+    of the next micro-batch (a kill at that point)."""
+    hooks = [CrashAfterMicroBatches(kill_after_micro)] if kill_after_micro is not None else []
+    return Trainer(recipe, run_dir, resume=resume, log=lambda m: None, hooks=hooks).train()
 
 
 @pytest.mark.parametrize(
     "kill_after, accumulate, workers",
-    [(5, 1, 0), (4, 1, 0), (11, 2, 0), (9, 1, 2)],  # between checkpoints, right after one, mid-accumulation, workers
+    # between checkpoints, right after one (step 4), in the middle of an accumulated step, with workers
+    [(5, 1, 0), (4, 1, 0), (11, 2, 0), (9, 1, 2)],
 )
 def test_kill_and_resume_is_bit_identical(toy_recipe, tmp_path, kill_after, accumulate, workers):
     recipe = toy_recipe(
@@ -43,7 +34,7 @@ def test_kill_and_resume_is_bit_identical(toy_recipe, tmp_path, kill_after, accu
         combiner={"grad_cosine_every": 3},
     )
     _train(recipe, tmp_path / "straight")
-    with pytest.raises(Killed):
+    with pytest.raises(Crashed):
         _train(recipe, tmp_path / "killed", kill_after_micro=kill_after)
     assert latest_checkpoint(tmp_path / "killed" / "checkpoints") is not None
     summary = _train(recipe, tmp_path / "killed", resume=True)

@@ -22,10 +22,12 @@ from hcframe.evaluation import (
     load_or_extract_features,
     run_evaluations,
 )
-from hcframe.evaluation.spec import FinetuneOptions
+from hcframe.eval_tables import FinetuneOptions
 from hcframe.recipe import dump_toml, parse_recipe
 from hcframe.registry import build_registry
 from hcframe.transforms import Normalize
+
+pytestmark = pytest.mark.usefixtures("testkit")
 
 PROBE = {"protocol": "linear_probe", "train_data": TRAIN_DATA, "test_data": TEST_DATA, "max_iter": 50}
 RETRIEVAL = {"protocol": "retrieval", "branch": "sup", "train_data": TRAIN_DATA, "test_data": TEST_DATA}

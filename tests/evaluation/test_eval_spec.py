@@ -9,6 +9,8 @@ from hcframe.evaluation import FinetuneOptions, LinearProbeOptions, build_eval_s
 from hcframe.recipe import RecipeError, dump_toml, parse_recipe
 from hcframe.registry import get_registry
 
+pytestmark = pytest.mark.usefixtures("testkit")
+
 
 def probe(**extra):
     return {"protocol": "linear_probe", "train_data": TRAIN_DATA, "test_data": TEST_DATA, **extra}

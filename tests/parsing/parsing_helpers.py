@@ -12,9 +12,8 @@ from torch import nn
 
 import hcframe
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "schp"
-if not FIXTURES.is_dir():  # the repository sits next to shared/ in the workspace
-    FIXTURES = Path("/work/shared/fixtures/schp")
+# State-dict layouts of the public SCHP checkpoints (names and shapes only; see the README there).
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "schp"
 
 
 def schp_layout(dataset: str) -> list[tuple[str, tuple[int, ...]]]:

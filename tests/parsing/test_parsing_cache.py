@@ -3,7 +3,6 @@ frame step, resumable/atomic building, refusal of a stale cache, and the CLI com
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -61,7 +60,7 @@ def test_every_k_stores_the_sampled_frames_only(tmp_path, video_folder, tiny_par
     cache_teacher(teacher, dataset, tmp_path / "c", every_k=3, resolution=RES, kind="logits", progress=False)
     store = open_teacher_cache(tmp_path / "c", teacher)
     assert store.frame_indices("clips/v0.mkv").tolist() == [0, 3, 6]  # 7 frames
-    assert store.frame_indices("clips/v1.mkv").tolist() == [0, 3]  # 5 frames
+    assert store.frame_indices("clips/v1.mkv").tolist() == [0, 3, 4]  # 5 frames: and the last one
     online, _ = _online_probs(teacher, dataset, 0)
     read = store.read("clips/v0.mkv", [4]).transpose(0, 1)  # nearest stored frame: 3
     assert torch.allclose(read[0], online[3], atol=2e-3)  # float16 logits
@@ -108,8 +107,7 @@ class _TestPlugin:
         registry.add("dataset", "parsing_test_folder", FolderVideos)
 
 
-def test_cache_teacher_command(tmp_path, video_folder, tiny_parser_file):
-    hcframe.register_plugin("hcframe_testkit")  # tiny3d_test encoder
+def test_cache_teacher_command(tmp_path, video_folder, tiny_parser_file, testkit):  # testkit: the tiny3d_test encoder
     hcframe.register_plugin(_TestPlugin(), name="parsing-cache-test")
     parser = tiny_parser_file()
     cache_dir = tmp_path / "cache"
@@ -147,4 +145,4 @@ input_size = [16, 24]
     again = runner.invoke(cache_teacher_command, args)
     assert again.exit_code == 0 and "0 videos written (0 frames), 3 already cached" in again.output
     stale = runner.invoke(cache_teacher_command, [*args, "--set", "tasks.parsing.teacher.input_size=[32, 32]"])
-    assert stale.exit_code == 1 and "cannot resume teacher cache" in stale.output
+    assert stale.exit_code == 2 and "cannot resume teacher cache" in stale.output  # refused before any work

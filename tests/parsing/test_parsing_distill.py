@@ -217,3 +217,18 @@ def test_feature_distillation_term():
     assert out.losses["feature"].double().item() == pytest.approx(ref.item(), rel=1e-5)
     out.total.backward()
     assert task.adapter.weight.grad is not None and fmap.grad is not None
+    _assert_declared(task, out)
+
+
+def _assert_declared(task, out):
+    """Every term the task emits is declared, losses as losses, and nothing else is."""
+    kinds = {i.name: i.kind for i in task.metric_info()}
+    assert set(kinds) == set(out.losses) | set(out.metrics)
+    assert {n for n, k in kinds.items() if k == "loss"} == set(out.losses)
+
+
+def test_metric_declarations_match_what_the_task_emits(tiny_parser_file):
+    task = _task(tiny_parser_file())
+    out = task(_input({"parts": [_parts()]}, torch.randn(2, 6, 2, 2, 3)))
+    _assert_declared(task, out)
+    assert {i.name for i in task.metric_info() if i.progress} == {"distill", "miou"}

@@ -53,3 +53,38 @@ def test_ground_truth_and_cached_teacher_targets_on_the_synthetic_world(tmp_path
     assert parts.shape[:3] == (4, 20, 4)
     assert ((parts > 0).sum(dim=1) <= 3).all()  # top-3 targets
     assert torch.isfinite(out.losses["distill"])
+
+
+def test_the_task_shows_the_middle_frame_the_teacher_and_the_student(tmp_path):
+    """visualise: the middle frame of each clip as it was before normalisation, the target's
+    argmax there (the world's ground truth: every pixel labelled) and the head's argmax at the
+    feature cell covering that frame."""
+    registry = hcframe.get_registry()
+    task = registry.create("task", "parsing_distill", teacher=registry.create("teacher", "synthetic_ground_truth"))
+    dataset = _world(tmp_path / "world")
+    batch, _ = _step(task, dataset)
+    fmap = torch.randn(len(dataset), 6, 2, 4, 4)
+    shown = task.visualise(TaskInput(batch, [EncoderOutput(fmap, fmap.mean(dim=(2, 3, 4)))], nn.Identity(), 0, 1), max_clips=3)
+    raw = torch.stack([dataset[(i, 0)]["views"][0] for i in range(3)])  # uint8 [3, 3, T, H, W]
+    assert torch.equal(shown.frames, raw[:, :, 2].permute(0, 2, 3, 1))  # T = 4: frame 2 (normalize is exact here)
+    assert list(shown.maps) == ["ground truth", "student"] and shown.label_names == LIP_LABELS
+    truth = torch.stack([dataset[(i, 0)]["parts"][0][:, 2].float() for i in range(3)])
+    assert torch.equal(shown.maps["ground truth"], truth.argmax(dim=1).to(torch.uint8))
+    logits = task.head(fmap[:3])  # [3, 20, 2, 4, 4]: frame 2 of 4 lies in cell 1 of 2
+    assert torch.equal(shown.maps["student"], logits[:, :, 1].argmax(dim=1).to(torch.uint8))
+
+
+def test_an_online_teacher_is_run_on_the_clips_it_shows(tmp_path, tiny_parser_file):
+    registry = hcframe.get_registry()
+    teacher = TorchScriptTeacher(str(tiny_parser_file(num_classes=20)), list(LIP_LABELS), [16, 16])
+    task = registry.create("task", "parsing_distill", teacher=teacher)  # no cache: online
+    dataset = _world(tmp_path / "world")
+    batch, _ = _step(task, dataset)
+    assert "parts" not in batch
+    fmap = torch.randn(len(dataset), 6, 2, 4, 4)
+    shown = task.visualise(TaskInput(batch, [EncoderOutput(fmap, fmap.mean(dim=(2, 3, 4)))], nn.Identity(), 0, 1), max_clips=2)
+    assert list(shown.maps) == ["teacher", "student"]
+    # The teacher's argmax on the middle frame (2 of 4) of the first two clips.
+    probs, _ = task.online_targets({k: (v[:2] if k == "views" else v) for k, v in batch.items()} | {"views": [batch["views"][0][:2]]})
+    assert torch.equal(shown.maps["teacher"], probs[:, :, 2].argmax(dim=1).to(torch.uint8))
+    assert shown.maps["teacher"].shape == (2, *batch["views"][0].shape[-2:])

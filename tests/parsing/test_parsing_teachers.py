@@ -102,12 +102,12 @@ def test_ground_truth_teacher_takes_the_dataset_store(tmp_path):
             return PartMapStore(tmp_path / "gt")
 
     teacher = hcframe.get_registry().create("teacher", "synthetic_ground_truth", label_names=["bg", "person"])
-    store = teacher.store_for(WithParts())
+    store = teacher.target_store(WithParts())
     assert isinstance(store, PartMapStore) and teacher.identity()["store_identity"] == {"world": "test", "seed": 1}
     with pytest.raises(ValueError, match="use labels \\['bg', 'person'\\], teacher.label_names is"):
-        GroundTruthTeacher(["bg", "head", "body"]).store_for(WithParts())
+        GroundTruthTeacher(["bg", "head", "body"]).target_store(WithParts())
     with pytest.raises(ValueError, match="needs a dataset with ground_truth_parts"):
-        teacher.store_for(object())
+        teacher.target_store(object())
     with pytest.raises(RuntimeError, match="no online mode"):
         teacher(torch.rand(1, 3, 4, 4))
 

@@ -8,12 +8,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from click.testing import CliRunner, Result
 
-from hcframe.registry import ENV_DISABLE_AUTOLOAD, ENV_PLUGINS, ENV_STRICT, reset_registry
+from hcframe.registry import ENV_DISABLE_AUTOLOAD, ENV_PLUGINS, ENV_STRICT
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = REPO / "tests" / "support"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,16 @@ print(json.dumps({{"providers": providers, "loaded": loaded}}))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report == {"providers": ["hcframe"], "loaded": []}
+
+
+def test_core_source_names_no_plugin_vocabulary():
+    """What plugins log and take as arguments is theirs to declare (metric declarations, a dataset's
+    clip shape): the core names none of it."""
+    words = re.compile(r"\b(miou|pos_sim|neg_sim|queue_fill|pixel_acc|valid_fraction|nce|kl|clip_len|crop_size|contrastive_accuracy|parsing_quality)\b")
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {match.group(0)}"
+        for path in sorted(CORE.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        for match in words.finditer(line)
+    ]
+    assert found == []

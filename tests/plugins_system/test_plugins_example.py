@@ -31,6 +31,7 @@ def test_plugins_json_lists_backbones_and_example_with_providers(invoke):
     providers = {(r["kind"], r["name"]): r["provider"] for r in records}
     assert providers[("task", "playback_speed")] == "hcframe-speed-example"
     assert providers[("encoder", "c3d_small")] == "hcframe-speed-example"
+    assert providers[("hook", "stop_when_learned")] == "hcframe-speed-example"
     for backbone in ("r3d_18", "r2plus1d_18", "s3d"):
         assert providers[("encoder", backbone)] == "hcframe-backbones"
     assert providers[("transform", "normalize")] == "hcframe"
@@ -58,6 +59,65 @@ def test_recipe_with_example_task_and_encoder_runs_through_cli(invoke, tmp_path)
     saved = tomllib.loads((run_dir / "recipe.toml").read_text())
     assert saved["model"]["encoder"]["name"] == "c3d_small"
     assert saved["tasks"]["speed"] == {"name": "playback_speed", "speeds": [1, 2, 4], "frames": 2, "random_start": True, "dropout": 0.0}
+
+
+def test_plugins_table_of_kind_hook_shows_the_example_hook(invoke):
+    _require_example_installed()
+    result = invoke(["plugins", "--kind", "hook"])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "stop_when_learned" in line)
+    assert "│ hook │ stop_when_learned │ hcframe-speed-exam" in row and "Stop training once" in row  # folded to the width
+    records = json.loads(invoke(["plugins", "--kind", "hook", "--json"]).stdout)
+    assert [(r["name"], r["provider"]) for r in records] == [("stop_when_learned", "hcframe-speed-example")]
+
+
+STOP_HOOK = """
+[[hooks]]
+name = "stop_when_learned"
+metric = "speed/ce"
+mode = "min"
+target = 1e9
+patience = 2
+"""
+
+
+def test_recipe_hook_from_the_example_stops_the_run_cleanly_and_a_resume_keeps_counting(invoke, tmp_path):
+    _require_example_installed()
+    recipe = tmp_path / "speed.toml"
+    # Any cross-entropy is below 1e9: every log line reaches the target, the second in a row stops.
+    recipe.write_text(SPEED_RECIPE.replace("steps = 3", "steps = 6") + STOP_HOOK)
+    run_dir = tmp_path / "run"
+    result = invoke(["--plugin", "hcframe_testkit", "run", str(recipe), "--output", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary["stopped_early"]["step"] == 2 and "speed/ce" in summary["stopped_early"]["reason"]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step_00000002.pt"]  # the stop is checkpointed (checkpoint_every is 3)
+    from hcframe.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run_dir / "checkpoints" / checkpoints[0])["hooks"]["StopWhenLearned"] == {"streak": 2}
+    saved = tomllib.loads((run_dir / "recipe.toml").read_text())
+    assert saved["hooks"] == [{"name": "stop_when_learned", "metric": "speed/ce", "target": 1e9, "patience": 2, "mode": "min"}]
+    # The task's declarations reached the run directory: the report draws chance beside acc.
+    schema = {m["name"]: m for m in json.loads((run_dir / "metrics_schema.json").read_text())["metrics"]}
+    assert schema["speed/chance"]["plot"] == "accuracy" and schema["speed/acc"]["kind"] == "accuracy"
+
+    # Resumed, the count goes on from 2: the next log line stops it again at once.
+    resumed = invoke(["--plugin", "hcframe_testkit", "run", str(recipe), "--output", str(run_dir), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
+
+
+def test_stop_when_learned_refuses_a_metric_the_run_does_not_log(invoke, tmp_path):
+    _require_example_installed()
+    recipe = tmp_path / "speed.toml"
+    recipe.write_text(SPEED_RECIPE + STOP_HOOK.replace("speed/ce", "speed/top5"))
+    result = invoke(["--plugin", "hcframe_testkit", "run", str(recipe), "--output", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert "stop_when_learned: the run logs no 'speed/top5'; it logs loss, lr" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_recipe_with_clips_too_short_for_the_speeds_fails_with_one_line(invoke, tmp_path):
@@ -127,6 +187,9 @@ def test_playback_speed_trains_trunk_branch_and_head_through_the_task_encoder():
     total, outputs, _ = model(batch)
     total.backward()
     assert set(outputs["speed"].losses) == {"ce"}
+    declared = {i.name: i.kind for i in task.metric_info()}
+    assert declared == {"ce": "loss", "acc": "accuracy", "chance": "fraction"}
+    assert set(declared) == set(outputs["speed"].losses) | set(outputs["speed"].metrics)
     # The loss depends on the shared trunk and on the task's own branch (the resampled clip went
     # through inp.encoder), and on the head.
     for part in (model.trunk, model.branches["speed"], task.head):

@@ -22,7 +22,7 @@ def test_create_unknown_encoder_suggests_the_near_miss_and_lists_installed(fresh
 
 
 def test_unknown_kind_lists_the_kinds(fresh_registry):
-    with pytest.raises(UnknownComponentError, match="no component kind 'encoders'; kinds are dataset, transform, encoder, head, task, teacher"):
+    with pytest.raises(UnknownComponentError, match="no component kind 'encoders'; kinds are dataset, transform, encoder, head, task, teacher, hook"):
         get_registry().get("encoders", "r3d_18")
 
 
@@ -36,3 +36,10 @@ def test_unknown_encoder_in_a_recipe_is_exit_2_naming_the_key_path(invoke, tmp_p
     assert "tiny3d_test" in line and "r3d_18" in line  # the installed list
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_plugins_of_an_unknown_kind_is_a_usage_error(invoke):
+    result = invoke(["plugins", "--kind", "encoders"])
+    assert result.exit_code == 2
+    assert "'encoders' is not one of 'dataset', 'transform', 'encoder'" in result.stderr
+    assert result.stdout == ""  # no empty table

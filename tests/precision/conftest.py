@@ -9,9 +9,11 @@ import torch
 import hcframe
 
 
-@pytest.fixture(scope="session", autouse=True)
-def testkit():
-    hcframe.register_plugin("hcframe_testkit")
+@pytest.fixture(scope="module", autouse=True)
+def _testkit_here(testkit):
+    """Every module here uses the test kit's ``tiny3d_test`` (the top-level ``testkit`` fixture
+    registers it for the module and forgets it afterwards)."""
+    yield
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,6 @@
 """Helpers for the precision tests: tiny models of every shipped task and encoder, fixed batches,
 and a few training steps in a given precision (the trainer's step: autocast from
-:func:`hcframe.engine.precision.training_autocast`, a gradient scaler for fp16)."""
+:func:`hcframe.engine.precision.autocast`, a gradient scaler for fp16)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 import hcframe
-from hcframe.engine.model import LossCombiner, MultiTaskModel
-from hcframe.engine.precision import autocast_dtype, training_autocast
+from hcframe.engine.combiner import TaskCombiner
+from hcframe.engine.model import MultiTaskModel
+from hcframe.engine.precision import autocast
 
 #: LIP-style part classes of the made-up part maps (the synthetic world renders 20).
 NUM_PARTS = 6
@@ -85,7 +86,7 @@ def make_batches(steps: int, batch: int = 4, frames: int = 8, size: int = 16, se
 def build_model(encoder: Callable[[], hcframe.Encoder], tasks: Callable[[], dict[str, hcframe.PretextTask]], split: str, shared_grad_scale: dict[str, float] | None = None) -> MultiTaskModel:
     torch.manual_seed(0)
     built = tasks()
-    return MultiTaskModel(encoder(), built, split, LossCombiner(built), shared_grad_scale)
+    return MultiTaskModel(encoder(), built, split, TaskCombiner(built, shared_grad_scale=shared_grad_scale))
 
 
 @attrs.frozen
@@ -119,7 +120,7 @@ def train(model: MultiTaskModel, batches: list[dict[str, Any]], precision: str, 
     model.train()
     history, skipped, first = [], 0, torch.empty(0)
     for step, batch in enumerate(batches):
-        with training_autocast("cpu", autocast_dtype(precision)):
+        with autocast(torch.device("cpu"), precision):
             total, outputs, _ = model(batch, step, len(batches))
         scaler.scale(total).backward()
         scaler.unscale_(optimizer)

@@ -23,7 +23,7 @@ import torch
 
 from hcframe.engine.checkpoint import load_checkpoint
 from hcframe.engine.model import StageStack
-from hcframe.engine.precision import training_autocast
+from hcframe.engine.precision import autocast
 from hcframe.engine.trainer import Trainer
 from hcframe.recipe import load_recipe
 
@@ -38,7 +38,7 @@ def test_encoder_stages_trace_into_one_graph(encoder):
     factory, _ = ENCODERS[encoder]
     stages = StageStack(dict(factory().stages))
     torch._dynamo.reset()
-    with training_autocast("cpu", torch.bfloat16):
+    with autocast(torch.device("cpu"), "bf16"):
         explained = torch._dynamo.explain(stages)(torch.randn(2, 3, 8, 16, 16))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1

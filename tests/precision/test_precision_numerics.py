@@ -5,7 +5,8 @@ the layers before it hand over under autocast) and compared with a float64 compu
 definition on the same inputs: float32 arithmetic agrees to ~1e-6, bfloat16 arithmetic would miss by
 ~1e-2. Also: the CPU guard around oneDNN's bf16 conv3d weight gradient (see
 :mod:`hcframe.engine.precision`) gives float64-exact gradients where that kernel fails, and leaves
-every other convolution to autocast, bit for bit.
+every other convolution to autocast, bit for bit; fp16 convolutions on a CPU without float16
+kernels sum in float32 and round to float16.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from hcframe.components import EncoderOutput, TaskInput
-from hcframe.engine.model import LossCombiner
-from hcframe.engine.precision import CPUConv3dWeightGradGuard, kernel_exceeds_input, resolve_precision, training_autocast
+from hcframe.engine.combiner import TaskCombiner
+from hcframe.engine.precision import CPUConv3dGuard, autocast, kernel_exceeds_input, resolve_precision
 from hcframe.heads import OnlineLinearProbe, SupervisedClassification
 from hcframe_parsing.distill import ParsingHead, align_targets, distill_loss
 
 BF16 = torch.bfloat16
+CPU = torch.device("cpu")
 
 
 def autocast_bf16():
@@ -109,7 +111,7 @@ def test_classification_losses_are_float32_under_autocast(task_class):
 
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
 def test_loss_combiner_is_float32_under_autocast(weighting):
-    combiner = LossCombiner(["a", "b"], {"a": 1.0, "b": 0.3}, weighting)
+    combiner = TaskCombiner(["a", "b"], {"a": 1.0, "b": 0.3}, weighting)
     losses = {"a": torch.tensor(2.7183, dtype=BF16), "b": torch.tensor(0.0123, dtype=BF16)}
     with autocast_bf16():
         total, parts = combiner(losses)
@@ -137,10 +139,8 @@ def test_batch_norm_statistics_are_float32_under_autocast(norm, shape):
 
 # --- the CPU bf16 conv3d guard ------------------------------------------------------------------------
 def test_resolve_precision():
-    assert resolve_precision("auto", "cuda") == "bf16" and resolve_precision("auto", "cpu") == "fp32"
-    assert resolve_precision("fp16", "cpu") == "fp16"
-    with pytest.raises(ValueError, match="precision 'fp8' is not one of auto, fp32, bf16, fp16"):
-        resolve_precision("fp8", "cpu")
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16" and resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("fp16", CPU) == "fp16"
 
 
 def test_kernel_exceeds_input():
@@ -183,7 +183,7 @@ def test_guarded_bf16_conv3d_weight_gradient_matches_float64(input_shape, kernel
     y64 = F.conv3d(x.double(), w64, None, stride, padding)
     y64.backward(_output_gradient(y64.shape).double())
     for _ in range(5):
-        y, grad = _conv_weight_gradient(x, weight, padding, stride, lambda: training_autocast("cpu", BF16))
+        y, grad = _conv_weight_gradient(x, weight, padding, stride, lambda: autocast(CPU, "bf16"))
         assert y.dtype == BF16  # what autocast would have returned
         torch.testing.assert_close(grad.double(), w64.grad, rtol=1e-5, atol=1e-6 * float(w64.grad.abs().max()))
 
@@ -194,24 +194,53 @@ def test_guard_leaves_other_convolutions_to_autocast():
     x = torch.randn(4, 8, 4, 6, 6, generator=g)
     weight = torch.randn(8, 8, 3, 3, 3, generator=g) * 0.1
     plain = _conv_weight_gradient(x, weight, 1, 1, autocast_bf16)
-    guarded = _conv_weight_gradient(x, weight, 1, 1, lambda: training_autocast("cpu", BF16))
+    guarded = _conv_weight_gradient(x, weight, 1, 1, lambda: autocast(CPU, "bf16"))
     assert torch.equal(plain[0], guarded[0]) and torch.equal(plain[1], guarded[1])
     # A kernel longer than its input is redirected when its weight gradient will be computed, and
     # only then (evaluation runs oneDNN's forward, which is right).
     short = x[:, :, :2]
     with torch.no_grad(), autocast_bf16():
         bf16_kernel = F.conv3d(short, weight, None, 1, 1)
-    with torch.no_grad(), training_autocast("cpu", BF16):
+    with torch.no_grad(), autocast(CPU, "bf16"):
         assert torch.equal(F.conv3d(short, weight.clone().requires_grad_(True), None, 1, 1), bf16_kernel)
-    with training_autocast("cpu", BF16):
+    with autocast(CPU, "bf16"):
         redirected = F.conv3d(short, weight.clone().requires_grad_(True), None, 1, 1)
     assert redirected.dtype == BF16 and not torch.equal(redirected.detach(), bf16_kernel)
 
 
-def test_guard_is_active_only_for_bf16_on_cpu():
-    def modes(device, dtype):
-        with training_autocast(device, dtype):
-            return isinstance(torch.overrides._get_current_function_mode(), CPUConv3dWeightGradGuard)
+def test_guard_is_active_for_bf16_and_fp16_on_cpu():
+    def guard(precision):
+        with autocast(CPU, precision):
+            mode = torch.overrides._get_current_function_mode()
+            return mode.dtype if isinstance(mode, CPUConv3dGuard) else None
 
-    assert modes("cpu", BF16)
-    assert not modes("cpu", torch.float16) and not modes("cpu", None)
+    assert guard("bf16") == BF16 and guard("fp16") == torch.float16
+    assert guard("fp32") is None and guard("auto") is None
+
+
+def test_fp16_conv3d_on_cpu_sums_in_float32_without_the_reference_kernel():
+    """fp16 autocast on a CPU without oneDNN float16: the convolution of the float16-rounded input
+    with the float32 weights, summed in float32 and rounded to float16 (float64 reference), with
+    its weight gradient in float32 and its input gradient back in float16, and no call to PyTorch's
+    float16 reference kernel (slow_conv3d), which takes ~9x the time of float32."""
+    if torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        pytest.skip("this CPU has oneDNN float16 kernels: fp16 convolutions are left to autocast")
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 3, 5, 5, generator=g).requires_grad_(True)  # the first layer: float32 clips
+    weight = (torch.randn(6, 4, 3, 3, 3, generator=g) * 0.2).requires_grad_(True)
+    bias = torch.randn(6, generator=g).requires_grad_(True)
+    with torch.profiler.profile() as prof, autocast(CPU, "fp16"):
+        y = F.conv3d(x, weight, bias, 1, 1)
+    grad_out = torch.linspace(-1, 1, y.numel()).view(y.shape).to(torch.float16)
+    y.backward(grad_out)
+    assert "aten::slow_conv3d_forward" not in {e.key for e in prof.key_averages()}
+
+    x64 = x.detach().to(torch.float16).double().requires_grad_(True)
+    w64 = weight.detach().double().requires_grad_(True)
+    y64 = F.conv3d(x64, w64, bias.detach().double(), 1, 1)
+    y64.backward(grad_out.double())
+    assert y.dtype == torch.float16
+    # float32 sums differ from float64 ones by ~1e-7 relative: at most one float16 step after rounding
+    torch.testing.assert_close(y.double(), y64.to(torch.float16).double(), rtol=2**-10, atol=2**-14)
+    torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-6 * float(w64.grad.abs().max()))
+    torch.testing.assert_close(x.grad.double(), x64.grad.to(torch.float16).double(), rtol=2**-10, atol=2**-14)

@@ -1,4 +1,4 @@
-"""Fixtures for the report, plotting and ablation tests: the test kit and a tiny recipe."""
+"""Fixtures for the report, plotting and ablation tests: a tiny recipe built from the test kit."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import hcframe
 from hcframe.recipe import dump_toml
 
 # Trains in well under a second per run on 2 CPU cores; one linear-probe evaluation.
@@ -27,11 +26,6 @@ TINY_RECIPE = {
         }
     ],
 }
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _testkit():
-    hcframe.register_plugin("hcframe_testkit")
 
 
 @pytest.fixture

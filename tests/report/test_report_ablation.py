@@ -13,6 +13,9 @@ from PIL import Image
 from hcframe.ablation import AblationError, aggregate, mean_std, parse_seeds, run_ablation, run_metrics, select_metrics
 from hcframe.cli import cli
 
+pytestmark = pytest.mark.usefixtures("testkit")
+pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip install 'hcframe[report]' runs these tests)")
+
 
 def test_mean_and_sample_std_match_the_statistics_module():
     values = [0.5, 0.625, 0.8125]
@@ -87,7 +90,7 @@ def test_aggregation_of_finished_runs_without_training(write_recipe, tmp_path):
     from hcframe.ablation import write_ablation_outputs
 
     paths = write_ablation_outputs(result, out, log=logged.append)
-    assert [p.name for p in paths] == ["ablation.json", "ablation.md", "ablation.png"]
+    assert [p.name for p in paths] == ["ablation.json", "ablation.md", "ablation.png", "ablation.svg"]
     payload = json.loads((out / "ablation.json").read_text())
     for name, values in top1.items():
         agg = payload["recipes"][name]["aggregate"]["linear_probe/d/concat/top1"]
@@ -103,6 +106,20 @@ def test_aggregation_of_finished_runs_without_training(write_recipe, tmp_path):
     assert f"| retrieval/d/concat/R@1 (%) | 18.75 ± {100 * statistics.stdev([0.125, 0.25]):.2f} (n=2) | 50.00 ± 0.00 |" in markdown
     with Image.open(out / "ablation.png") as image:
         assert image.format == "PNG" and image.size[0] >= 640
+    # The chart: one bar per recipe and metric at the mean (in %), an error bar of one std.
+    from hcframe.ablation import ablation_chart
+
+    axes = ablation_chart(result).axes[0]
+    for name in top1:
+        bars = next(c for c in axes.containers if c.get_label() == name)
+        heights = [patch.get_height() for patch in bars.patches]
+        r1_values = [v for v in r1[name] if v is not None]
+        assert heights == pytest.approx([100 * statistics.fmean(top1[name]), 100 * statistics.fmean(r1_values)])
+        caps = bars.errorbar.lines[2][0].get_segments()  # the vertical error segments, one per bar
+        assert [seg[1][1] - seg[0][1] for seg in caps] == pytest.approx(
+            [200 * statistics.stdev(top1[name]), 200 * statistics.stdev(r1_values)]
+        )
+    assert [t.get_text() for t in axes.get_xticklabels()] == result.metrics
 
     only = run_ablation([a, b], [0, 1, 2], out, metrics=["R@1"], log=logged.append)
     assert only.metrics == ["retrieval/d/concat/R@1"]
@@ -159,7 +176,7 @@ def test_end_to_end_two_recipes_two_seeds_then_resume(write_recipe, tmp_path):
         values = [r["metrics"]["linear_probe/moving_squares/concat/top1"] for r in payload["recipes"][name]["runs"]]
         agg = payload["recipes"][name]["aggregate"]["linear_probe/moving_squares/concat/top1"]
         assert agg["mean"] == pytest.approx(statistics.fmean(values)) and agg["std"] == pytest.approx(statistics.stdev(values))
-    assert (out / "ablation.png").is_file() and (out / "ablation.md").is_file()
+    assert (out / "ablation.png").is_file() and (out / "ablation.svg").is_file() and (out / "ablation.md").is_file()
 
     # Second invocation: finished runs are skipped; a run that lost its summary resumes from its
     # checkpoint; a recipe that cannot run fails alone (exit 1) and the others are still reported.
@@ -170,7 +187,9 @@ def test_end_to_end_two_recipes_two_seeds_then_resume(write_recipe, tmp_path):
     assert second.exit_code == 1, second.output
     assert second.stderr.count("completed earlier, skipped") == 3
     assert "[2/6] shared seed 1: resuming" in second.stderr
-    assert second.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 runs failed: broken seed 0: RunFailed")
+    # The recipe is refused by hcframe.config.build_run when its run sets up: a RecipeError naming the key.
+    assert second.stderr.strip().splitlines()[-1].startswith("error: 2 of 6 runs failed: broken seed 0: RecipeError: ")
+    assert "train.batch_size: 32 is more than dataset 'moving_squares' holds (16 videos)" in second.stderr
     for path, mtime in kept.items():
         if path.parent.name != "seed1" or path.parent.parent.name != "shared":
             assert path.stat().st_mtime_ns == mtime
@@ -179,4 +198,4 @@ def test_end_to_end_two_recipes_two_seeds_then_resume(write_recipe, tmp_path):
     assert "| metric | shared | branches | broken |" in markdown
     assert "| linear_probe/moving_squares/concat/top1 (%) |" in markdown
     assert all(line.endswith("| - |") for line in markdown.splitlines() if line.startswith("| linear_probe"))
-    assert "- broken seed 1: RunFailed" in markdown
+    assert "- broken seed 1: RecipeError" in markdown

@@ -2,6 +2,7 @@
 
 ``moving_squares`` is a test fixture, not a dataset for users: a bright square drifting in a
 direction that depends on the class, on a dark background, computed from ``(seed, epoch, index)``.
+``crash_after`` is a fault-injection hook: it makes a run crash at a chosen micro-batch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import hcframe
-from hcframe.data import sample_generator, split_key
+from hcframe.data import ClipShape, sample_generator, split_key
 
 DIRECTIONS = [(0, 1), (1, 0), (0, -1), (-1, 0)]
 
@@ -24,6 +25,11 @@ class MovingSquares(hcframe.VideoDataset):
     def __init__(self, num_videos: int = 32, frames: int = 4, size: int = 16, seed: int = 0) -> None:
         self.n, self.frames, self.size, self.seed = num_videos, frames, size, seed
         self.class_names = ("right", "down", "left", "up")
+
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape:
+        a = cls.arguments(**args)
+        return ClipShape(a["frames"], a["size"], a["size"])
 
     def __len__(self) -> int:
         return self.n
@@ -74,6 +80,9 @@ class BrightnessRegression(hcframe.PretextTask):
 
     num_views = 2
 
+    def metric_info(self):
+        return (hcframe.MetricInfo("mse", "loss", progress=True),)
+
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = nn.Linear(feature_dim, 1)
 
@@ -85,8 +94,37 @@ class BrightnessRegression(hcframe.PretextTask):
         return hcframe.TaskOutput({"mse": torch.stack(losses).mean()})
 
 
+class Crashed(Exception):
+    """What :class:`CrashAfterMicroBatches` raises."""
+
+
+class CrashAfterMicroBatches(hcframe.Hook):
+    """Raise :class:`Crashed` in the forward pass of micro-batch ``micro_batches + 1``: a crash at
+    any point of training, also in the middle of an accumulated step (a kill, for resume tests).
+
+    Installs a forward pre-hook on the model when training starts and removes it at the end."""
+
+    def __init__(self, micro_batches: int) -> None:
+        self.micro_batches = micro_batches
+        self.seen = 0
+        self.handle = None
+
+    def before_train(self) -> None:
+        self.handle = self.trainer.model.register_forward_pre_hook(self._count)
+
+    def _count(self, module, args) -> None:
+        self.seen += 1
+        if self.seen > self.micro_batches:
+            raise Crashed(f"crashed in micro-batch {self.seen}")
+
+    def after_train(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+
 @hcframe.hookimpl
 def hcframe_register(registry) -> None:
     registry.add("dataset", "moving_squares", MovingSquares)
     registry.add("encoder", "tiny3d_test", TinyEncoder)
     registry.add("task", "brightness", BrightnessRegression)
+    registry.add("hook", "crash_after", CrashAfterMicroBatches)

@@ -29,7 +29,7 @@ def test_prepare_transcodes_keeps_layout_and_resumes(ucf_root, tmp_path):
     # The split files name .avi; the dataset finds the .mp4 copies.
     prepared = UCF101(str(dst), split=1, subset="train", clip_len=4, stride=2, short_side=16, crop_size=16)
     assert len(prepared) == 9 and all(prepared.video_id(i).endswith(".mp4") for i in range(9))
-    assert prepared[0]["views"].shape == (1, 3, 4, 16, 16)
+    assert prepared[0]["views"].shape == (1, 3, 4, 16, 22)  # train views: the whole (prepared) frame
     # Resume: remove one output; only that one is redone.
     out.unlink()
     again = runner.invoke(prepare_command, [str(ucf_root), str(dst), "--short-side", "16", "--workers", "1"])

@@ -27,7 +27,8 @@ def test_ucf101_splits_have_the_right_videos_and_labels(ucf_root, split):
     expected_train = {ucf_name(c, g, 1): k for k, c in enumerate(UCF_CLASSES) for g in UCF_GROUPS if g != test_group}
     assert {train.video_id(i): train.labels()[i] for i in range(9)} == expected_train
     sample = train[0]
-    assert sample["views"].shape == (1, 3, 4, 16, 16) and int(sample["label"]) == train.labels()[0]
+    # Train views: the whole 32x24 frame (short side 24); test views: 16-pixel crops.
+    assert sample["views"].shape == (1, 3, 4, 24, 32) and int(sample["label"]) == train.labels()[0]
     assert test[2]["views"].shape == (2, 3, 4, 16, 16)
 
 

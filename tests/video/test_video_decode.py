@@ -9,7 +9,7 @@ import torch
 
 from hcframe.data import BadVideo, TargetStore, collate, sample_generator
 from hcframe_video.clips import BadVideoError, VideoClipDataset, area_resample_box, clip_frame_indices
-from hcframe_video.decode import decode_boxes, decode_frames, plan_segments, probe_video, resized_size
+from hcframe_video.decode import decode_frames, plan_segments, probe_video, resized_size
 
 from video_testdata import frame_level, write_avi, write_mp4, write_video
 
@@ -53,27 +53,23 @@ def test_union_decode_equals_separate_decodes(videos, kind):
     np.testing.assert_array_equal(both[np.searchsorted(unique, view_b)], alone_b)
 
 
-def test_two_view_sample_matches_separate_decodes_and_crops(videos):
+def test_two_view_sample_is_whole_resized_frames_matching_separate_decodes(videos):
     ds = VideoClipDataset(["v.mp4"], [0], ["x"], str(videos["root"]), clip_len=4, stride=3, short_side=20, crop_size=16)
     ds.num_views = 2
     sample = ds[(0, 3)]
-    assert sample["views"].shape == (2, 3, 4, 16, 16) and sample["views"].dtype == torch.uint8
+    # Train views keep the whole frame, short side resized to short_side (32x24 -> 27x20): the
+    # random resized crop is the batch transform's, over the whole frame.
+    assert sample["views"].shape == (2, 3, 4, 20, 27) and sample["views"].dtype == torch.uint8
     plans = ds.plan_views(ds.video_info(0), sample_generator(ds.seed, 3, 0))
     assert plans[0].resize == resized_size(32, 24, 20) == (27, 20)
     for v, plan in enumerate(plans):
         assert sample["frame_indices"][v].tolist() == plan.frame_indices
+        assert plan.normalised_box(16) == (0.0, 0.0, 1.0, 1.0)
         # The same view decoded on its own (its own pass over the file) is bit-identical.
-        alone = decode_boxes(str(videos["mp4"]), [(plan.frame_indices, plan.source_box)], (16, 16))[0]
-        np.testing.assert_array_equal(sample["views"][v].numpy(), alone.transpose(3, 0, 1, 2))
-        # And it shows the box: full frames cut in numpy and resized by torch agree closely.
-        x, y, w, h = plan.source_box
-        assert (w, h) == (20, 20) and x % 2 == y % 2 == 0 and x + w <= 32 and y + h <= 24
-        full, _ = decode_frames(str(videos["mp4"]), plan.frame_indices)
-        cut = torch.from_numpy(full[:, y : y + h, x : x + w]).permute(3, 0, 1, 2).float()
-        reference = torch.nn.functional.interpolate(cut, size=(16, 16), mode="bilinear", antialias=True, align_corners=False)
-        assert (sample["views"][v].float() - reference).abs().mean() < 3
+        alone, unique = decode_frames(str(videos["mp4"]), plan.frame_indices, size=(27, 20))
+        np.testing.assert_array_equal(sample["views"][v].numpy(), alone[np.searchsorted(unique, plan.frame_indices)].transpose(3, 0, 1, 2))
     # Views of a sample are independent draws; the same (index, epoch) replays exactly.
-    assert sample["frame_indices"][0].tolist() != sample["frame_indices"][1].tolist() or plans[0].x != plans[1].x
+    assert sample["frame_indices"][0].tolist() != sample["frame_indices"][1].tolist()
     again = ds[(0, 3)]
     assert torch.equal(again["views"], sample["views"])
     other_epochs = [ds[(0, e)]["frame_indices"].tolist() for e in range(4)]
@@ -124,25 +120,25 @@ class CoordinateStore(TargetStore):
         return maps.float()
 
 
-def test_parts_are_cut_with_the_pixel_box(videos):
+def test_parts_cover_the_whole_frame_like_the_pixels(videos):
     ds = VideoClipDataset(["v.mp4"], [0], ["x"], str(videos["root"]), clip_len=5, stride=1, short_side=24, crop_size=16,
                           part_size=4)
     ds.num_views = 3
-    # A store at the resized frame's resolution (32x24): the reference is a 4x4 block mean of the crop.
+    # A store at the resized frame's resolution (32x24); train views are the whole 32x24 frame and
+    # the parts cover it at part_size / crop_size = 1/4 of the pixel density: 4x4 block means.
     store = CoordinateStore(32, 24)
     ds.target_store = store
     for epoch in range(3):
         sample = ds[(0, epoch)]
         parts = sample["parts"]
-        assert parts.dtype == torch.float16 and parts.shape == (3, 2, 5, 4, 4)
+        assert sample["views"].shape[-2:] == (24, 32)
+        assert parts.dtype == torch.float16 and parts.shape == (3, 2, 5, 6, 8)
         assert store.calls[-1][0] == "v.mp4"
         plans = ds.plan_views(ds.video_info(0), sample_generator(0, epoch, 0))
         full = store.read("v.mp4", list(range(40))).double()
         for v, plan in enumerate(plans):
-            x, y, w, h = plan.source_box
-            assert (w, h) == (16, 16)  # the store and the frames share the size: no resize
-            crop = full[:, plan.frame_indices, y : y + 16, x : x + 16]
-            reference = crop.reshape(2, 5, 4, 4, 4, 4).mean(dim=(3, 5))
+            crop = full[:, plan.frame_indices]
+            reference = crop.reshape(2, 5, 6, 4, 8, 4).mean(dim=(3, 5))
             torch.testing.assert_close(parts[v].double(), reference, atol=2e-3, rtol=0)
             sums = parts[v].double().sum(dim=0)
             odd = torch.tensor([f % 2 == 1 for f in plan.frame_indices])
@@ -157,7 +153,8 @@ def test_parts_from_a_coarser_store_follow_the_x_coordinate(videos):
     sample = ds[(0, 1)]
     plan = ds.plan_views(ds.video_info(0), sample_generator(0, 1, 0))[0]
     x0, _, x1, _ = plan.normalised_box(16)
-    centres = x0 + (torch.arange(8, dtype=torch.float64) + 0.5) / 8 * (x1 - x0)
+    assert sample["parts"].shape[-2:] == (12, 16)  # the whole 32x24 frame at 8 cells per 16 pixels
+    centres = x0 + (torch.arange(16, dtype=torch.float64) + 0.5) / 16 * (x1 - x0)
     # Area averages of a piecewise-constant x ramp stay within one store cell of the true centre.
     t = int(sample["frame_indices"][0, 0] % 2)  # the clip's even (known) frame
     measured = sample["parts"][0, 0, t].double()

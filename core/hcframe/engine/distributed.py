@@ -16,6 +16,7 @@ __all__ = [
     "all_gather_with_grad",
     "all_gather_no_grad",
     "barrier",
+    "broadcast_from_main",
     "init_from_environment",
     "is_distributed",
     "is_main_process",
@@ -45,16 +46,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def init_from_environment(device_type: str) -> bool:
+def init_from_environment(device_type: str, backend: str | None = None) -> bool:
     """Initialise the default process group when launched by torchrun (``WORLD_SIZE`` > 1).
 
-    NCCL on CUDA, gloo on CPU. Returns whether the run is distributed.
+    ``backend``: default NCCL on CUDA, gloo on CPU; commands that only coordinate ranks (no
+    tensors on the GPU cross processes, e.g. ``cache-teacher``) pass ``"gloo"``. On CUDA the
+    process's device is set to ``LOCAL_RANK`` either way. Returns whether the run is distributed.
     """
     if is_distributed():
         return True
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device_type == "cuda" else "gloo")
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
@@ -105,3 +108,13 @@ def all_gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable value) on every rank; ``obj`` itself when not distributed.
+    For small values (a decision, a path, a message), not for tensors."""
+    if not is_distributed() or world_size() == 1:
+        return obj
+    box = [obj if rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,26 +1,28 @@
-"""Task-dependent multi-task model: a shared trunk, one branch per task, and the loss combiner.
+"""Task-dependent multi-task model: a shared trunk, one branch per task, and the task combiner.
 
 ``split`` names the first encoder stage that every task gets its own copy of::
 
     stem -> layer1 -> layer2 | layer3 -> layer4 -> task A's head     split = "layer3"
                              | layer3'-> layer4'-> task B's head
 
-The trunk before the split receives the gradients of all tasks; each branch only its own task's.
-``split = "none"`` shares every stage: the usual single representation (for ablations).
+The trunk before the split receives the gradients of all tasks (each scaled as the combiner's
+``shared_grad_scale`` says); each branch only its own task's. ``split = "none"`` shares every stage:
+the usual single representation (for ablations).
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hcframe.components import Encoder, EncoderOutput, PretextTask, TaskInput, TaskOutput
+from hcframe.components import Encoder, EncoderOutput, LabelMaps, PretextTask, TaskInput, TaskOutput
+from hcframe.engine.combiner import TaskCombiner
+from hcframe.metrics import MetricInfo
 
-__all__ = ["LossCombiner", "MultiTaskModel", "StageStack", "TaskEncoder", "gradient_cosines", "pcgrad_combine", "scale_gradient"]
+__all__ = ["MultiTaskModel", "StageStack", "TaskEncoder"]
 
 
 class StageStack(nn.Module):
@@ -54,68 +56,6 @@ class TaskEncoder(nn.Module):
         return EncoderOutput(fmap, self._pool(fmap))
 
 
-class LossCombiner(nn.Module):
-    """Weights the tasks' losses into one scalar, and logs every term.
-
-    ``fixed``: ``sum_i w_i L_i``. ``uncertainty``: ``sum_i exp(-s_i) L_i + s_i`` with a learned
-    ``s_i = log sigma_i^2`` per task (Kendall, Gal & Cipolla, CVPR 2018), initialised so that the
-    starting weight is the fixed weight.
-    """
-
-    def __init__(self, task_names: Iterable[str], weights: dict[str, float] | None = None, weighting: str = "fixed") -> None:
-        super().__init__()
-        self.task_names = list(task_names)
-        weights = weights or {}
-        self.fixed = {n: float(weights.get(n, 1.0)) for n in self.task_names}
-        self.weighting = weighting
-        if weighting == "uncertainty":
-            init = torch.tensor([-math.log(max(self.fixed[n], 1e-8)) for n in self.task_names])
-            self.log_vars = nn.Parameter(init)
-        elif weighting != "fixed":
-            raise ValueError(f"weighting must be 'fixed' or 'uncertainty', got {weighting!r}")
-
-    def weight(self, task: str) -> Tensor | float:
-        if self.weighting == "uncertainty":
-            return torch.exp(-self.log_vars[self.task_names.index(task)])
-        return self.fixed[task]
-
-    def forward(self, task_losses: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Returns the total and, per task, its weighted contribution (with regulariser)."""
-        parts: dict[str, Tensor] = {}
-        for i, name in enumerate(self.task_names):
-            # float32 whatever a task returned under autocast: the sum of several losses and, with
-            # learned weights, exp(-s) * L + s would round to 8 significant bits in bfloat16
-            loss = task_losses[name].float()
-            if self.weighting == "uncertainty":
-                parts[name] = torch.exp(-self.log_vars[i].float()) * loss + self.log_vars[i].float()
-            else:
-                parts[name] = self.fixed[name] * loss
-        total = torch.stack(list(parts.values())).sum()
-        return total, parts
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward; multiplies the gradient flowing back by ``scale``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        return grad * ctx.scale, None
-
-
-def scale_gradient(x: Tensor, scale: float) -> Tensor:
-    """``x`` unchanged, with its gradient multiplied by ``scale`` (0 detaches)."""
-    if scale == 1.0:
-        return x
-    if scale == 0.0:
-        return x.detach()
-    return _ScaleGradient.apply(x, scale)
-
-
 def _parameter_free_pool(encoder: Encoder) -> Any:
     """``encoder.pool`` bound to a shell of the encoder without its stages, so that copies of a
     :class:`TaskEncoder` (momentum encoders) do not drag a copy of every stage along. Pooling must
@@ -129,7 +69,9 @@ class MultiTaskModel(nn.Module):
     """The encoder split into a shared trunk and per-task branches, the tasks, and the combiner.
 
     ``forward(batch, step, max_steps)`` runs the trunk once on all views the tasks need, each task's
-    branch on the views that task asked for, every task, and the combiner.
+    branch on the views that task asked for (what reaches the trunk back from it is the
+    combiner's :meth:`~hcframe.engine.combiner.TaskCombiner.into_trunk`), every task, and the
+    combiner's weighting. ``combiner`` defaults to fixed weights of 1.
     """
 
     def __init__(
@@ -137,13 +79,9 @@ class MultiTaskModel(nn.Module):
         encoder: Encoder,
         tasks: dict[str, PretextTask],
         split: str = "none",
-        combiner: LossCombiner | None = None,
-        shared_grad_scale: dict[str, float] | None = None,
+        combiner: TaskCombiner | None = None,
     ) -> None:
         super().__init__()
-        # How much of each task's gradient reaches the shared trunk (1 by default; 0: the task
-        # trains only its own branch and head on top of what the other tasks make of the trunk).
-        self.shared_grad_scale = {t: float((shared_grad_scale or {}).get(t, 1.0)) for t in tasks}
         names = encoder.stage_names()
         if split == "none":
             cut = len(names)
@@ -165,7 +103,9 @@ class MultiTaskModel(nn.Module):
         )
         self._pool = _parameter_free_pool(encoder)
         self.tasks = nn.ModuleDict(tasks)
-        self.combiner = combiner or LossCombiner(tasks)
+        self.combiner = combiner or TaskCombiner(tasks)
+        if self.combiner.task_names != list(tasks):
+            raise ValueError(f"the combiner's tasks {self.combiner.task_names} are not the model's {list(tasks)}")
         # Plain dict: these views share modules with the trunk/branches and must not be registered.
         # A task that reads another branch gets that branch's path (the first branch for "concat").
         self.task_encoders: dict[str, TaskEncoder] = {}
@@ -174,11 +114,23 @@ class MultiTaskModel(nn.Module):
             self.task_encoders[t] = TaskEncoder(self.trunk, self.branches[source], self._pool)
         for name, task in self.tasks.items():
             dim = self.feature_dim if task.reads_branch is None else self.representation_dim(task.reads_branch)
-            task.setup(self.task_encoders[name], dim)
+            try:
+                task.setup(self.task_encoders[name], dim)
+            except ValueError as exc:  # a head that cannot be built on this encoder: name the task
+                raise ValueError(f"tasks.{name}: {exc}") from exc
 
     @property
     def num_views(self) -> int:
         return max(task.num_views for task in self.tasks.values())
+
+    def metric_info(self) -> list[MetricInfo]:
+        """Declarations of what a training step logs about the model: each task's total
+        (``<task>/loss``) and declared terms (``<task>/<term>``), then the combiner's numbers."""
+        info = []
+        for name, task in self.tasks.items():
+            info.append(MetricInfo(f"{name}/loss", "loss"))
+            info.extend(i.under(name) for i in task.metric_info())
+        return info + self.combiner.metric_info()
 
     def shared_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.trunk.parameters() if p.requires_grad]
@@ -228,7 +180,7 @@ class MultiTaskModel(nn.Module):
         for name in self.branches:
             task = self.tasks[name]
             k = task.num_views
-            fmap = self.branches[name](scale_gradient(shared[: k * size], self.shared_grad_scale[name]))
+            fmap = self.branches[name](self.combiner.into_trunk(name, shared[: k * size]))
             pooled = self._pool(fmap)
             features = [EncoderOutput(f, p) for f, p in zip(fmap.split(size), pooled.split(size))]
             first_view[name] = features[0]
@@ -243,43 +195,49 @@ class MultiTaskModel(nn.Module):
         total, weighted = self.combiner({n: o.total for n, o in outputs.items()})
         return total, outputs, weighted
 
+    def can_visualise(self) -> bool:
+        """Whether a task has images to show (overrides :meth:`PretextTask.visualise`)."""
+        return any(type(task).visualise is not PretextTask.visualise for task in self.tasks.values())
 
-def _flat_grads(loss: Tensor, params: list[nn.Parameter], retain_graph: bool = True) -> Tensor:
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+    @torch.no_grad()
+    def visualise(self, batch: dict[str, Any], step: int = 0, max_steps: int = 1, max_clips: int = 4) -> dict[str, LabelMaps]:
+        """What each task shows of ``batch`` (:meth:`PretextTask.visualise`), by task name, for the
+        tasks that show something. Runs in eval mode (batch-norm statistics are neither used from
+        the batch nor updated) without gradients, on the first view, and leaves the model's mode
+        as it was; it draws no random numbers, so it does not change the run."""
+        showing = {n: t for n, t in self.tasks.items() if type(t).visualise is not PretextTask.visualise}
+        if not showing:
+            return {}
+        was_training = self.training
+        self.eval()
+        try:
+            clipped = _first_clips(batch, max_clips)
+            shared = self.trunk(clipped["views"][0])
+            out: dict[str, LabelMaps] = {}
+            for name, task in showing.items():
+                encoder = self.task_encoders[name]
+                fmap = encoder.branch(shared)
+                inp = TaskInput(batch=clipped, features=[EncoderOutput(fmap, self._pool(fmap))], encoder=encoder, step=step, max_steps=max_steps)
+                maps = task.visualise(inp, max_clips)
+                if maps is not None:
+                    out[name] = maps
+            return out
+        finally:
+            self.train(was_training)
 
 
-def gradient_cosines(task_losses: dict[str, Tensor], shared: list[nn.Parameter]) -> dict[str, float]:
-    """Cosine similarity between every pair of tasks' gradients on the shared parameters.
+# Batch keys with one entry per clip (see hcframe.data and hcframe.BatchTransform).
+_PER_CLIP_LISTS = ("views", "parts")
+_PER_CLIP_TENSORS = ("label", "index", "frame_indices", "views_hw", "parts_hw")
 
-    Negative values mean the tasks pull the shared trunk in conflicting directions. Pairs where a
-    task sends no gradient into the trunk are left out.
-    """
-    names = list(task_losses)
-    grads = {n: _flat_grads(task_losses[n], shared) for n in names}
-    out = {}
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            denom = grads[a].norm() * grads[b].norm()
-            if denom > 0:  # a task kept out of the trunk (shared_grad_scale 0) has no direction
-                out[f"{a}~{b}"] = float((grads[a] @ grads[b]) / denom)
+
+def _first_clips(batch: dict[str, Any], n: int) -> dict[str, Any]:
+    """``batch`` cut to its first ``n`` clips (other keys, e.g. ``pixel_mean``, as they are)."""
+    out = dict(batch)
+    for key in _PER_CLIP_LISTS:
+        if key in batch:
+            out[key] = [v[:n] for v in batch[key]]
+    for key in _PER_CLIP_TENSORS:
+        if isinstance(batch.get(key), Tensor):
+            out[key] = batch[key][:n]
     return out
-
-
-def pcgrad_combine(per_task: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
-    """PCGrad (Yu et al., NeurIPS 2020): for each task gradient, in random order of the others,
-    remove its component along any other task's gradient it conflicts with (negative dot product);
-    return the sum of the projected gradients."""
-    names = list(per_task)
-    projected = []
-    for name in names:
-        g = per_task[name].clone()
-        others = [n for n in names if n != name]
-        order = torch.randperm(len(others), generator=generator).tolist()
-        for j in order:
-            h = per_task[others[j]]
-            dot = g @ h
-            if dot < 0:
-                g = g - dot / (h @ h).clamp_min(1e-20) * h
-        projected.append(g)
-    return torch.stack(projected).sum(0)

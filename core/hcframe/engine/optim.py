@@ -57,20 +57,20 @@ def build_optimizer(model: nn.Module, spec: OptimSpec, device_type: str) -> torc
     return cls(groups, **kwargs)
 
 
-def build_schedule(spec: ScheduleSpec, total_steps: int) -> ParamScheduler:
+def build_schedule(spec: ScheduleSpec, max_steps: int) -> ParamScheduler:
     """A multiplier of the base learning rate as a function of training progress in [0, 1)."""
     if spec.name == "cosine":
         main: ParamScheduler = CosineParamScheduler(1.0, spec.final_factor)
     elif spec.name == "step":
-        milestones = [m for m in spec.milestones if 0 < m < total_steps]
+        milestones = [m for m in spec.milestones if 0 < m < max_steps]
         values = [spec.gamma**i for i in range(len(milestones) + 1)]
-        main = MultiStepParamScheduler(values, num_updates=total_steps, milestones=milestones)
+        main = MultiStepParamScheduler(values, num_updates=max_steps, milestones=milestones)
     else:
         main = ConstantParamScheduler(1.0)
-    warmup = min(spec.warmup_steps, total_steps)
+    warmup = min(spec.warmup_steps, max_steps)
     if warmup == 0:
         return main
-    fraction = warmup / total_steps
+    fraction = warmup / max_steps
     if fraction >= 1.0:
         return LinearParamScheduler(spec.warmup_start_factor, 1.0)
     return CompositeParamScheduler(
@@ -80,9 +80,9 @@ def build_schedule(spec: ScheduleSpec, total_steps: int) -> ParamScheduler:
     )
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, schedule: ParamScheduler, step: int, total_steps: int) -> float:
+def set_learning_rate(optimizer: torch.optim.Optimizer, base_lr: float, schedule: ParamScheduler, step: int, max_steps: int) -> float:
     """Set every group's lr for optimiser step ``step``; returns the unscaled lr."""
-    lr = base_lr * schedule(min(step / total_steps, 1.0 - 1e-9))
+    lr = base_lr * schedule(min(step / max_steps, 1.0 - 1e-9))
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     return lr

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from hcframe.components import Encoder, StateDictLayout
+from hcframe.files import save_torch_atomic
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -335,11 +336,7 @@ def export_encoder_file(
             raise PretrainedError(f"--format {layout_name}: encoder {encoder_name!r} writes {', '.join(['hcframe', *layouts])}")
         layout = layouts[layout_name]
         payload = {layout.from_encoder_key(k): v for k, v in weights.state.items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
+    save_torch_atomic(payload, Path(out))  # FileWriteError: the path and the cause
     return payload
 
 

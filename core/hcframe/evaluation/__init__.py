@@ -1,6 +1,6 @@
 """Evaluation protocols: linear probe, multi-view testing, retrieval and fine-tuning.
 
-A recipe's ``[[eval]]`` tables (validated by :mod:`hcframe.evaluation.spec`, where every key is
+A recipe's ``[[eval]]`` tables (validated by :mod:`hcframe.eval_tables`, where every key is
 documented) run after pre-training (``hcframe run``, results in ``summary.json["eval"]``) or alone
 on a checkpoint (``hcframe eval RECIPE --checkpoint P``, results in ``<run dir>/eval.json``)::
 
@@ -21,6 +21,7 @@ same data extract them once, and evaluating a checkpoint again reuses them.
 
 from hcframe.evaluation.features import FeatureSet, encoder_fingerprint, extract_features, load_or_extract_features
 from hcframe.evaluation.finetune import EncoderPath, FinetuneClassifier, finetune_metrics
+from hcframe.evaluation.hook import EvaluateAtEnd
 from hcframe.evaluation.linear_probe import LinearProbe, Standardizer, fit_linear_classifier, linear_probe_metrics
 from hcframe.evaluation.metrics import (
     clip_level_accuracy,
@@ -38,7 +39,7 @@ from hcframe.evaluation.runner import (
     load_model_weights,
     run_evaluations,
 )
-from hcframe.evaluation.spec import (
+from hcframe.eval_tables import (
     EvalSpec,
     FinetuneOptions,
     LinearProbeOptions,
@@ -51,6 +52,7 @@ from hcframe.evaluation.spec import (
 __all__ = [
     "EncoderPath",
     "EvalSpec",
+    "EvaluateAtEnd",
     "FeatureSet",
     "FinetuneClassifier",
     "FinetuneOptions",

@@ -6,13 +6,17 @@ encoder path (shared trunk and the branches ``branch`` uses, buffers included), 
 dataset component table (which fixes the split, the test mode, ``num_clips``, ``num_crops``), the
 evaluation transform's table, the device type and the autocast precision. The description is
 stored in the file and checked on load, so a hash collision or a stale file is never used.
+
+Each file's size and SHA-256 are recorded beside it when it is written (``<key>.pt.digest.json``,
+see :func:`hcframe.files.record_digest`); a file that does not match them (damaged, truncated,
+replaced, or written before records were kept), does not load or does not have the cache's
+structure is extracted again, with one log line saying why.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -22,13 +26,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hcframe.data import BAD, collate
+from hcframe.files import check_digest, record_digest, save_torch_atomic
 from hcframe.engine.model import MultiTaskModel
-from hcframe.engine.precision import autocast_dtype, resolve_precision, training_autocast
+from hcframe.engine.precision import autocast
+from hcframe.progress import ProgressBar
 
 __all__ = [
     "FeatureSet",
     "TestViews",
-    "autocast_context",
     "device_views",
     "encoder_fingerprint",
     "extract_features",
@@ -58,12 +63,6 @@ class FeatureSet:
     def video_features(self) -> Tensor:
         """``[N, D]``: each video's features averaged over its views."""
         return self.features.mean(dim=1)
-
-
-def autocast_context(device: torch.device, precision: str) -> Any:
-    """Autocast for ``precision`` (``"auto"``: bf16 on CUDA, fp32 elsewhere, as in training; the
-    same context as a training step, since fine-tuning runs backward under it)."""
-    return training_autocast(device.type, autocast_dtype(resolve_precision(precision, device.type)))
 
 
 def _branch_modules(model: MultiTaskModel, branch: str) -> list[tuple[str, nn.Module]]:
@@ -111,22 +110,28 @@ def device_views(batch: dict[str, Any], transform: nn.Module, device: torch.devi
 class TestViews:
     """Iterate ``(views, batch)`` over the readable videos of ``dataset``: ``views`` is the list of
     deterministic (``train=False``) device views. Unreadable videos are logged once each and counted
-    in ``num_bad``; batches with no readable video are skipped."""
+    in ``num_bad``; batches with no readable video are skipped. Progress with the time left is shown
+    as ``description`` (a bar with ``progress=True``, for a terminal; else a log line now and then,
+    see :class:`hcframe.progress.ProgressBar`)."""
 
     def __init__(self, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                 num_workers: int, log: Callable[[str], None]) -> None:
+                 num_workers: int, log: Callable[[str], None], progress: bool = False, description: str = "") -> None:
         self.dataset, self.transform, self.device, self.log = dataset, transform, device, log
         self.loader = make_loader(dataset, batch_size, num_workers)
         self.num_bad = 0
+        self.progress = progress
+        self.description = description or f"{type(dataset).__name__}: {len(dataset)} videos"
 
     def __iter__(self) -> Iterator[tuple[list[Tensor], dict[str, Any]]]:
-        for batch in self.loader:
-            bad = batch.pop(BAD)
-            for b in bad:
-                self.log(f"skipping unreadable video {b.path}: {b.reason}")
-            self.num_bad += len(bad)
-            if "views" in batch:
-                yield device_views(batch, self.transform, self.device, train=False), batch
+        with ProgressBar(self.description, len(self.loader), terminal=self.progress, log=self.log, unit="batches") as bar:
+            for batch in self.loader:
+                bar.advance()
+                bad = batch.pop(BAD)
+                for b in bad:
+                    self.log(f"skipping unreadable video {b.path}: {b.reason}")
+                self.num_bad += len(bad)
+                if "views" in batch:
+                    yield device_views(batch, self.transform, self.device, train=False), batch
 
 
 @torch.no_grad()
@@ -141,18 +146,21 @@ def extract_features(
     num_workers: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> FeatureSet:
     """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``.
 
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
-    Videos that cannot be read are skipped and counted (each is logged once).
+    Videos that cannot be read are skipped and counted (each is logged once). ``progress``: a
+    progress bar (for a terminal); otherwise progress lines go to ``log`` when it takes a while.
     """
-    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
+                         progress=progress, description=f"features ({branch}) of {len(dataset)} videos")
     features: list[Tensor] = []
     labels: list[Tensor] = []
     ids: list[str] = []
     for views, batch in readable:
-        with autocast_context(device, precision):
+        with autocast(device, precision):
             per_view = [model.encode(v, branch).float() for v in views]
         features.append(torch.stack(per_view, dim=1).cpu())
         labels.append(batch["label"].view(-1).cpu().long())
@@ -163,13 +171,6 @@ def extract_features(
     if bool((all_labels < 0).any()):
         raise ValueError(f"dataset {type(dataset).__name__} has unlabelled videos (label -1); evaluation needs labels")
     return FeatureSet(torch.cat(features), all_labels, ids, len(getattr(dataset, "class_names", ())), readable.num_bad)
-
-
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def load_or_extract_features(
@@ -187,12 +188,15 @@ def load_or_extract_features(
     precision: str = "auto",
     registry: Any = None,
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
+    dataset: Any = None,
 ) -> tuple[FeatureSet, Path, bool]:
     """Features of the dataset ``dataset_spec`` (a ComponentSpec), from the cache when present.
 
-    Returns the features, the cache file and whether it was a cache hit. The dataset is only built
-    when the features have to be extracted; its ``num_views`` is set to 1 (one clip per video in
-    train mode; test-mode datasets return all their views regardless).
+    Returns the features, the cache file and whether it was a cache hit. The dataset (``dataset``
+    when already built from ``dataset_spec``) is only used when the features have to be
+    extracted; its ``num_views`` is set to 1 (one clip per video in train mode; test-mode
+    datasets return all their views regardless).
     """
     description = {
         "format": CACHE_FORMAT,
@@ -207,25 +211,39 @@ def load_or_extract_features(
     key = hashlib.sha256(blob.encode()).hexdigest()[:32]
     path = Path(cache_dir) / f"{key}.pt"
     if path.is_file():
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: extract again and replace it
-            log(f"feature cache {path} is unreadable ({type(exc).__name__}: {exc}); extracting again")
-        else:
-            if stored.get("description") == blob:
-                fs = FeatureSet(stored["features"], stored["labels"], list(stored["video_ids"]),
-                                int(stored["num_classes"]), int(stored["num_bad"]))
-                log(f"features of {dataset_spec.name} ({len(fs.video_ids)} videos, branch {branch}) from cache {path}")
-                return fs, path, True
-            log(f"feature cache {path} describes other features; extracting again")
-    dataset = dataset_spec.build(registry)
+        cached = _read_feature_cache(path, blob)
+        if isinstance(cached, FeatureSet):
+            log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {branch}) from cache {path}")
+            return cached, path, True
+        log(f"feature cache {path}: {cached}; extracting again")
+    dataset = dataset if dataset is not None else dataset_spec.build(registry)
     dataset.num_views = 1
     log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch})")
     fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
-                          num_workers=num_workers, precision=precision, log=log)
-    _save_atomic(
-        {"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
-         "num_classes": fs.num_classes, "num_bad": fs.num_bad},
-        path,
-    )
+                          num_workers=num_workers, precision=precision, log=log, progress=progress)
+    save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
+                       "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)
+    record_digest(path)  # a file that does not match it later is extracted again
     return fs, path, False
+
+
+def _read_feature_cache(path: Path, description: str) -> FeatureSet | str:
+    """The features in cache file ``path`` when it is the file that was written (size and
+    SHA-256 as recorded), loads, has the cache's structure and ``description``; else why not."""
+    problem = check_digest(path)
+    if problem is not None:
+        return problem
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a file that is not what torch.save wrote
+        return f"unreadable ({type(exc).__name__})"
+    if not isinstance(stored, dict):
+        return f"holds a {type(stored).__name__}, not a feature cache"
+    if stored.get("description") != description:
+        return "describes other features"
+    features, labels, ids = stored.get("features"), stored.get("labels"), stored.get("video_ids")
+    if not (isinstance(features, Tensor) and features.ndim == 3 and isinstance(labels, Tensor) and labels.ndim == 1
+            and isinstance(ids, list) and len(ids) == len(labels) == len(features)
+            and isinstance(stored.get("num_classes"), int) and isinstance(stored.get("num_bad"), int)):
+        return "does not have a feature cache's structure"
+    return FeatureSet(features, labels, [str(i) for i in ids], stored["num_classes"], stored["num_bad"])

@@ -17,13 +17,23 @@ from hcframe.data import BAD
 from hcframe.engine.model import MultiTaskModel
 from hcframe.engine.optim import build_optimizer, build_schedule, set_learning_rate
 from hcframe.engine.sampler import EpochSampler
-from hcframe.evaluation.features import TestViews, autocast_context, device_views, make_loader
+from hcframe.engine.precision import autocast, grad_scaler
+from hcframe.progress import ProgressBar
+from hcframe.evaluation.features import TestViews, device_views, make_loader
 from hcframe.evaluation.metrics import multiview_metrics
-from hcframe.evaluation.spec import FinetuneOptions
+from hcframe.eval_tables import FinetuneOptions
 from hcframe.heads import LinearHead
 from hcframe.recipe import OptimSpec, ScheduleSpec
 
-__all__ = ["EncoderPath", "FinetuneClassifier", "finetune_metrics", "view_logits"]
+__all__ = ["EncoderPath", "FinetuneClassifier", "REFERENCE_BATCH", "finetune_metrics", "scaled_learning_rate", "view_logits"]
+
+#: The batch size (clips per step) that ``FinetuneOptions.lr`` is given for.
+REFERENCE_BATCH = 16
+
+
+def scaled_learning_rate(lr: float, batch_size: int) -> float:
+    """The linear scaling rule: ``lr`` is for :data:`REFERENCE_BATCH` clips per step."""
+    return lr * batch_size / REFERENCE_BATCH
 
 
 class EncoderPath(nn.Module):
@@ -67,14 +77,15 @@ class FinetuneClassifier(nn.Module):
 
 @torch.no_grad()
 def view_logits(net: nn.Module, dataset: Any, transform: nn.Module, device: torch.device, *, batch_size: int,
-                num_workers: int, precision: str, log: Callable[[str], None]) -> tuple[Tensor, Tensor, int]:
+                num_workers: int, precision: str, log: Callable[[str], None], progress: bool = False) -> tuple[Tensor, Tensor, int]:
     """Logits ``[N, V, C]`` of every view of every readable video, their labels ``[N]``, and the
     number of unreadable videos skipped."""
     net.eval()
-    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log)
+    readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
+                         progress=progress, description=f"finetune: testing {len(dataset)} videos")
     scores, labels = [], []
     for views, batch in readable:
-        with autocast_context(device, precision):
+        with autocast(device, precision):
             scores.append(torch.stack([net(v).float() for v in views], dim=1).cpu())
         labels.append(batch["label"].view(-1).long())
     if not scores:
@@ -97,24 +108,31 @@ def finetune_metrics(
     seed: int = 0,
     precision: str = "auto",
     log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
 ) -> dict[str, float | int]:
     """Fine-tune a copy of ``model``'s encoder path on ``train_dataset`` and test it multi-view.
 
-    Draws from the global torch RNG (head initialisation, dropout, augmentation): the caller seeds
-    it (``run_evaluations`` does so inside :func:`torch.random.fork_rng`). Returns ``top1``,
-    ``top5``, ``clip_top1`` on the test set, the last epoch's mean training loss and set sizes.
+    One clip per video and step, ``batch_size`` videos per step, at the rate
+    ``options.lr * batch_size / 16`` (:func:`scaled_learning_rate`). ``train_transform`` is told
+    the dataset's ``flip_preserves_label`` (no mirroring when False). Draws from the global torch
+    RNG (head initialisation, dropout, augmentation): the caller seeds it (``run_evaluations`` does
+    so inside :func:`torch.random.fork_rng`). Returns ``top1``, ``top5``, ``clip_top1`` on the test
+    set, the last epoch's mean training loss and set sizes.
     """
     num_classes = len(train_dataset.class_names)
     if num_classes == 0:
         raise ValueError(f"fine-tuning needs a labelled dataset; {type(train_dataset).__name__} has no class names")
     net = FinetuneClassifier(EncoderPath(model, branch), num_classes, options.dropout).to(device)
+    train_transform.set_flip_allowed(bool(getattr(train_dataset, "flip_preserves_label", True)))
+    lr = scaled_learning_rate(options.lr, batch_size)
+    log(f"finetune: lr {options.lr:g} per {REFERENCE_BATCH} clips -> {lr:g} at batch size {batch_size}")
     sampler = EpochSampler(len(train_dataset), 1, 0, seed=seed, shuffle=True)
     drop_last = len(train_dataset) >= batch_size  # no batch of one for batch norm
     loader = make_loader(train_dataset, batch_size, num_workers, sampler=sampler, drop_last=drop_last)
     steps_per_epoch = len(loader)
-    total_steps = options.epochs * steps_per_epoch
+    max_steps = options.epochs * steps_per_epoch
     optimizer = build_optimizer(
-        net, OptimSpec(name=options.optimizer, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay), device.type
+        net, OptimSpec(name=options.optimizer, lr=lr, momentum=options.momentum, weight_decay=options.weight_decay), device.type
     )
     schedule = build_schedule(
         ScheduleSpec(
@@ -123,39 +141,40 @@ def finetune_metrics(
             milestones=[m * steps_per_epoch for m in options.milestones],
             gamma=options.gamma,
         ),
-        total_steps,
+        max_steps,
     )
-    resolved = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    scaler = torch.amp.GradScaler(device.type, enabled=resolved == "fp16")
+    scaler = grad_scaler(device, precision)
     step, epoch_loss, bad_count = 0, float("nan"), 0
-    for epoch in range(options.epochs):
-        sampler.set_position(epoch, 0)
-        net.train()
-        losses = []
-        for batch in loader:
-            bad = batch.pop(BAD)
-            for b in bad:
-                log(f"skipping unreadable video {b.path}: {b.reason}")
-            bad_count += len(bad)
-            if "views" not in batch:
-                continue
-            set_learning_rate(optimizer, options.lr, schedule, step, total_steps)
-            views = device_views(batch, train_transform, device, train=True)
-            clips = torch.cat(views, dim=0)
-            labels = batch["label"].view(-1).long().to(device).repeat(len(views))
-            with autocast_context(device, precision):
-                logits = net(clips)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            losses.append(float(loss.detach()))
-        epoch_loss = sum(losses) / max(len(losses), 1)
-        log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
+    with ProgressBar("finetune: training", max_steps, terminal=progress, log=log, unit="steps") as bar:
+        for epoch in range(options.epochs):
+            sampler.set_position(epoch, 0)
+            net.train()
+            losses = []
+            for batch in loader:
+                bad = batch.pop(BAD)
+                for b in bad:
+                    log(f"skipping unreadable video {b.path}: {b.reason}")
+                bad_count += len(bad)
+                if "views" not in batch:
+                    continue
+                set_learning_rate(optimizer, lr, schedule, step, max_steps)
+                views = device_views(batch, train_transform, device, train=True)
+                clips = torch.cat(views, dim=0)
+                labels = batch["label"].view(-1).long().to(device).repeat(len(views))
+                with autocast(device, precision):
+                    logits = net(clips)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=options.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                bar.advance()
+                losses.append(float(loss.detach()))
+            epoch_loss = sum(losses) / max(len(losses), 1)
+            log(f"finetune epoch {epoch + 1}/{options.epochs}: loss {epoch_loss:.4f}")
     scores, labels, test_bad = view_logits(net, test_dataset, test_transform, device, batch_size=batch_size,
-                                           num_workers=num_workers, precision=precision, log=log)
+                                           num_workers=num_workers, precision=precision, log=log, progress=progress)
     return {
         **multiview_metrics(scores, labels),
         "train_loss": epoch_loss,

@@ -10,20 +10,25 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from rich.table import Table
 
+from hcframe.config import BuiltRun, EvalDatasetKey, build_run, resolve_device
 from hcframe.engine import distributed as hd
+from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
 from hcframe.evaluation.features import encoder_fingerprint, load_or_extract_features
 from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
 from hcframe.evaluation.retrieval import retrieval_metrics
-from hcframe.evaluation.spec import EvalSpec, build_eval_specs
-from hcframe.recipe import ComponentSpec, Recipe
+from hcframe.eval_tables import EvalSpec
+from hcframe.files import write_json_atomic
+from hcframe.metrics import eval_metric_kind, format_metric, metric_order
+from hcframe.recipe import Recipe
+from hcframe.tables import ComponentSpec
 from hcframe.registry import Registry, get_registry
 
 __all__ = ["default_eval_dir", "eval_table", "evaluate_checkpoint", "load_model_weights", "run_evaluations"]
@@ -36,13 +41,25 @@ def _stderr(message: str) -> None:
 
 
 class _Context:
-    """What every evaluation of one call shares: model, device, registry, caches."""
+    """What every evaluation of one call shares: model, device, registry, caches, and the datasets
+    :func:`hcframe.config.build_run` built (``datasets``; others are built when needed)."""
 
-    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log) -> None:
+    def __init__(self, recipe: Recipe, model: MultiTaskModel, run_dir: Path, device: torch.device, registry: Registry, log: Log,
+                 datasets: Mapping[EvalDatasetKey, Any], progress: bool = False) -> None:
         self.recipe, self.model, self.device, self.registry, self.log = recipe, model, device, registry, log
+        self.progress = progress  # progress bars (a terminal), else progress lines through log
         self.cache_dir = run_dir / "features"
         self.precision = recipe.train.precision
+        self.datasets = datasets
         self._fingerprints: dict[str, str] = {}
+
+    def dataset(self, spec: EvalSpec, split: int | None, role: str) -> Any:
+        """The built ``train_data`` (role ``"train"``) or ``test_data`` of ``spec`` for ``split``."""
+        built = self.datasets.get((spec.index, split, role))
+        if built is None:
+            train, test = spec.datasets[split]
+            built = (train if role == "train" else test).build(self.registry)
+        return built
 
     def fingerprint(self, branch: str) -> str:
         if branch not in self._fingerprints:
@@ -53,14 +70,20 @@ class _Context:
         chosen = spec or self.recipe.transform
         return chosen.build(self.registry).to(self.device), chosen.to_table()
 
-    def features(self, spec: EvalSpec, dataset: ComponentSpec):
+    def features(self, spec: EvalSpec, dataset: ComponentSpec, split: int | None, role: str):
         transform, table = self.transform(spec.transform)
+        built = self.datasets.get((spec.index, split, role))
         fs, _, _ = load_or_extract_features(
             self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
             fingerprint=self.fingerprint(spec.branch), batch_size=spec.batch_size, num_workers=spec.num_workers,
-            precision=self.precision, registry=self.registry, log=self.log,
+            precision=self.precision, registry=self.registry, log=self.log, progress=self.progress, dataset=built,
         )
         return fs
+
+
+def _train_test_features(ctx: _Context, spec: EvalSpec, split: int | None):
+    train, test = spec.datasets[split]
+    return ctx.features(spec, train, split, "train"), ctx.features(spec, test, split, "test")
 
 
 def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
@@ -68,35 +91,41 @@ def _with_bad(metrics: dict[str, Any], *feature_sets: Any) -> dict[str, Any]:
     return {**metrics, "bad_videos": bad} if bad else metrics
 
 
-def _linear_probe(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
-    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+def _linear_probe(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    tr, te = _train_test_features(ctx, spec, split)
     o = spec.options
-    return _with_bad(linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, device=ctx.device), tr, te)
+    metrics = linear_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
+                                   where=f"{spec.where} {key}", log=ctx.log)
+    return _with_bad(metrics, tr, te)
 
 
-def _multiview(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
-    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+def _multiview(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    tr, te = _train_test_features(ctx, spec, split)
     o = spec.options
-    return _with_bad(multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, device=ctx.device), tr, te)
+    metrics = multiview_probe_metrics(tr, te, weight_decay=o.weight_decay, max_iter=o.max_iter, tol=o.tol, device=ctx.device,
+                                      where=f"{spec.where} {key}", log=ctx.log)
+    return _with_bad(metrics, tr, te)
 
 
-def _retrieval(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
-    tr, te = ctx.features(spec, train), ctx.features(spec, test)
+def _retrieval(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    tr, te = _train_test_features(ctx, spec, split)
     return _with_bad(retrieval_metrics(tr, te, list(spec.options.ks), log=ctx.log), tr, te)
 
 
-def _finetune(ctx: _Context, spec: EvalSpec, train: ComponentSpec, test: ComponentSpec) -> dict[str, Any]:
-    train_transform, _ = ctx.transform(spec.train_transform)
+def _finetune(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dict[str, Any]:
+    # Without a train_transform: the recipe's transform reduced to the protocol's crop + flip.
+    train_transform = ctx.transform(spec.train_transform)[0] if spec.train_transform else ctx.transform(None)[0].finetune_transform()
     test_transform, _ = ctx.transform(spec.transform)
-    train_ds, test_ds = train.build(ctx.registry), test.build(ctx.registry)
+    train_ds, test_ds = ctx.dataset(spec, split, "train"), ctx.dataset(spec, split, "test")
     train_ds.num_views = test_ds.num_views = 1
     return finetune_metrics(
         ctx.model, spec.branch, train_ds, test_ds, spec.options, train_transform, test_transform, ctx.device,
         batch_size=spec.batch_size, num_workers=spec.num_workers, seed=spec.seed, precision=ctx.precision, log=ctx.log,
+        progress=ctx.progress,
     )
 
 
-PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, ComponentSpec, ComponentSpec], dict[str, Any]]] = {
+PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, "int | None", str], dict[str, Any]]] = {
     "linear_probe": _linear_probe,
     "multiview": _multiview,
     "retrieval": _retrieval,
@@ -118,35 +147,36 @@ def run_evaluations(
     log: Log = _stderr,
     progress: bool = False,
     registry: Registry | None = None,
+    datasets: Mapping[EvalDatasetKey, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every ``[[eval]]`` table of ``recipe`` on ``model`` (left unchanged, its train/eval mode
     restored); features are cached under ``run_dir/features``. Each evaluation runs inside
     :func:`torch.random.fork_rng` seeded with its ``seed``: results do not depend on what ran
     before, and the caller's random state is untouched. Runs on the main process only (other
-    ranks return ``{}``). ``progress`` is accepted for the CLI; progress goes to ``log``."""
+    ranks return ``{}``). ``progress``: progress bars with the time left (for a terminal); without,
+    loops that take a while write progress lines to ``log``.
+    ``datasets``: the ``[[eval]]`` datasets already built (:attr:`hcframe.config.BuiltRun.eval_datasets`);
+    the others are built from their tables."""
     if not hd.is_main_process():
         return {}
     registry = registry or get_registry()
     if device is None:
-        from hcframe.engine.trainer import choose_device
-
-        device = choose_device(recipe.train.device)
-    specs = build_eval_specs(recipe.evaluations, registry, list(recipe.tasks))
-    ctx = _Context(recipe, model, Path(run_dir), device, registry, log)
+        device = resolve_device(recipe.train.device)
+    ctx = _Context(recipe, model, Path(run_dir), device, registry, log, datasets or {}, progress)
     results: dict[str, dict[str, Any]] = {}
     was_training = model.training
     model.eval()
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
-        for spec in specs:
+        for spec in recipe.eval_specs:
             per_split = []
-            for split, (train, test) in spec.datasets.items():
+            for split in spec.datasets:
                 key = spec.result_key(split)
                 started = time.perf_counter()
                 log(f"{spec.where}: {key}")
                 with torch.random.fork_rng(devices=rng_devices):
                     torch.manual_seed(spec.seed)
-                    metrics = PROTOCOLS[spec.protocol](ctx, spec, train, test)
+                    metrics = PROTOCOLS[spec.protocol](ctx, spec, split, key)
                 results[key] = metrics
                 per_split.append(metrics)
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -171,7 +201,6 @@ def load_model_weights(model: MultiTaskModel, checkpoint: Path, recipe: Recipe |
 
     Raises :class:`~hcframe.engine.pretrained.PretrainedError` (a ``ValueError``) with one line
     when the weights do not fit the recipe's model."""
-    from hcframe.engine.checkpoint import load_checkpoint
     from hcframe.engine.pretrained import PretrainedError, encoder_weights_from, encoder_shapes, holds_model_state, load_encoder_into_model
 
     state = load_checkpoint(Path(checkpoint))
@@ -186,20 +215,9 @@ def load_model_weights(model: MultiTaskModel, checkpoint: Path, recipe: Recipe |
     weights = model_state if model_state is not None else state
     if not isinstance(weights, dict):
         raise PretrainedError(f"{checkpoint}: holds no model weights (expected a training checkpoint or a state dict)")
-    own = model.state_dict()
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    reshaped = [k for k in own if k in weights and hasattr(weights[k], "shape") and tuple(weights[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or reshaped:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if reshaped:
-            k = reshaped[0]
-            parts.append(f"{len(reshaped)} of another shape (e.g. {k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)})")
-        raise PretrainedError(f"{checkpoint}: weights do not fit the recipe's model: {'; '.join(parts)}; use the recipe the checkpoint was trained with")
+    mismatch = compare_state_dicts(model.state_dict(), weights)
+    if mismatch:
+        raise PretrainedError(f"{checkpoint}: weights do not fit the recipe's model: {mismatch.describe()}; use the recipe the checkpoint was trained with")
     model.load_state_dict(weights)
     info = {k: v for k, v in state.items() if k != "model"} if weights is not state else {}
     return {**info, "weights": f"hcframe model weights {checkpoint}"}
@@ -213,7 +231,7 @@ def default_eval_dir(checkpoint: Path) -> Path:
 
 
 def evaluate_checkpoint(
-    recipe: Recipe,
+    run: Recipe | BuiltRun,
     checkpoint: Path,
     output_dir: Path,
     *,
@@ -222,20 +240,22 @@ def evaluate_checkpoint(
     progress: bool = False,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Build the recipe's model, load ``checkpoint``'s weights, run the evaluation stages; write
-    ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it."""
-    from hcframe.engine.trainer import build_model, choose_device
-    from hcframe.run import write_json_atomic
+    """Load ``checkpoint``'s weights into the recipe's model, run the evaluation stages; write
+    ``output_dir/eval.json`` (recipe, checkpoint, step, ``eval`` results) and return it.
 
+    ``run``: what :func:`hcframe.config.build_run` built (``train_data=False`` is enough), or a
+    recipe to build so (raising :class:`~hcframe.tables.RecipeError`)."""
     started = time.perf_counter()
     registry = registry or get_registry()
-    device = device or choose_device(recipe.train.device)
-    model = build_model(recipe, registry)
+    built = run if isinstance(run, BuiltRun) else build_run(run, registry=registry, train_data=False)
+    recipe, model = built.recipe, built.model
+    device = device or built.device
     info = load_model_weights(model, checkpoint, recipe, registry)
     log(f"weights: {info['weights']}")
     model.to(device)
     output_dir = Path(output_dir)
-    results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry)
+    results = run_evaluations(recipe, model, output_dir, device=device, log=log, progress=progress, registry=registry,
+                              datasets=built.eval_datasets)
     report = {
         "recipe": recipe.source,
         "checkpoint": str(checkpoint),
@@ -250,30 +270,10 @@ def evaluate_checkpoint(
 
 
 # --- display -------------------------------------------------------------------------------------
-def _is_fraction_metric(name: str) -> bool:
-    return name.startswith(("top", "clip_top", "train_top", "R@"))
-
-
-def _metric_order(name: str) -> tuple[int, int, str]:
-    """top-k first, then clip-level, recalls by k, training figures, anything else."""
-    if name.startswith("top"):
-        return (0, int(name[3:]) if name[3:].isdigit() else 0, name)
-    if name.startswith("clip_top"):
-        return (1, 0, name)
-    if name.startswith("R@"):
-        return (2, int(name[2:]) if name[2:].isdigit() else 0, name)
-    if name.startswith("train_"):
-        return (3, 0, name)
-    return (4, 0, name)
-
-
 def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") -> Table:
     """A rich table: one row per result key, one column per float metric (accuracies and
     recalls in %), and the number of train/test videos and test views per video."""
-    columns = sorted(
-        {n for m in results.values() for n, v in m.items() if isinstance(v, float)},
-        key=_metric_order,
-    )
+    columns = sorted({n for m in results.values() for n, v in m.items() if isinstance(v, float)}, key=metric_order)
     table = Table(title=title, caption="accuracies and recalls in %; videos: train/test; views: per test video")
     table.add_column("evaluation", overflow="fold", min_width=20)
     for name in columns:
@@ -281,15 +281,7 @@ def eval_table(results: dict[str, dict[str, Any]], title: str = "evaluation") ->
     table.add_column("videos", justify="right")
     table.add_column("views", justify="right")
     for key, metrics in results.items():
-        cells = []
-        for name in columns:
-            value = metrics.get(name)
-            if not isinstance(value, float):
-                cells.append("-")
-            elif _is_fraction_metric(name):
-                cells.append(f"{100 * value:.1f}")
-            else:
-                cells.append(f"{value:.4g}")
+        cells = [format_metric(metrics[n], eval_metric_kind(n)) if isinstance(metrics.get(n), float) else "-" for n in columns]
         videos = f"{metrics['num_train']}/{metrics['num_test']}" if "num_train" in metrics and "num_test" in metrics else "-"
         table.add_row(key, *cells, videos, str(metrics.get("test_views", "-")))
     return table

@@ -7,6 +7,7 @@ import hcframe
 from hcframe.registry import Registry
 
 from hcframe_speed.c3d import C3DSmall
+from hcframe_speed.hooks import StopWhenLearned
 from hcframe_speed.task import PlaybackSpeedPrediction
 
 
@@ -14,6 +15,7 @@ from hcframe_speed.task import PlaybackSpeedPrediction
 def hcframe_register(registry: Registry) -> None:
     registry.add("task", "playback_speed", PlaybackSpeedPrediction)
     registry.add("encoder", "c3d_small", C3DSmall)
+    registry.add("hook", "stop_when_learned", StopWhenLearned)
 
 
 @hcframe.hookimpl

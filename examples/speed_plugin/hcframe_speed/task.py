@@ -99,6 +99,14 @@ class PlaybackSpeedPrediction(hcframe.PretextTask):
         """The shortest clip this task can resample at every speed."""
         return self.frames * max(self.speeds)
 
+    def metric_info(self) -> tuple[hcframe.MetricInfo, ...]:
+        # ``chance`` is drawn beside the accuracy it is the baseline of.
+        return (
+            hcframe.MetricInfo("ce", "loss", progress=True),
+            hcframe.MetricInfo("acc", "accuracy", progress=True),
+            hcframe.MetricInfo("chance", "fraction", plot="accuracy"),
+        )
+
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         # The encoder is not stored: it belongs to the model; forward() gets it in TaskInput.
         self.head = nn.Sequential(nn.Dropout(self.dropout), nn.Linear(feature_dim, len(self.speeds)))

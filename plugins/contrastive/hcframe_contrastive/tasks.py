@@ -14,6 +14,7 @@ real keys) and ``momentum``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from hcframe.components import PretextTask, TaskInput, TaskOutput
 from hcframe.engine.distributed import world_size
+from hcframe.metrics import MetricInfo
 
 from hcframe_contrastive.heads import ProjectionMLP
 from hcframe_contrastive.losses import ContrastiveLogits, contrastive_logits, nt_xent_logits
@@ -50,6 +52,17 @@ def _two_views(task: str, inp: TaskInput) -> None:
         raise ValueError(
             f"{task}: needs the features of 2 views, got {len(inp.features)}; the dataset must produce num_views >= 2"
         )
+
+
+def _metric_info(*extra: MetricInfo) -> tuple[MetricInfo, ...]:
+    """What both tasks log (see the module docstring), then ``extra``."""
+    return (
+        MetricInfo("nce", "loss", progress=True),
+        MetricInfo("acc", "accuracy", progress=True),
+        MetricInfo("pos_sim", "other", plot="contrastive_similarity"),
+        MetricInfo("neg_sim", "other", plot="contrastive_similarity"),
+        *extra,
+    )
 
 
 def _pooled(output: Any) -> Tensor:
@@ -83,6 +96,8 @@ class SimCLRTask(PretextTask):
     """
 
     num_views = 2
+    #: NT-Xent contrasts a video with the others of the batch: one video has no negatives.
+    min_batch_size = 2
 
     def __init__(
         self,
@@ -114,9 +129,13 @@ class SimCLRTask(PretextTask):
             "batch_norm": batch_norm, "global_batch_norm": True,
         }
         self.head: ProjectionMLP | None = None
+        self._warned_no_negatives = False
 
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = ProjectionMLP(feature_dim, **self.projection)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return _metric_info()
 
     def logits(self, inp: TaskInput) -> ContrastiveLogits:
         """The similarity matrix of this step (what the loss and the metrics are computed from)."""
@@ -132,6 +151,18 @@ class SimCLRTask(PretextTask):
 
     def forward(self, inp: TaskInput) -> TaskOutput:
         logits = self.logits(inp)
+        if logits.similarities.shape[1] < 2:
+            # A batch left with one clip (its other videos unreadable and dropped) has only the
+            # positive: the loss is 0 with no gradient and acc is 1 by construction. Say so once,
+            # and log no accuracy or similarities for it.
+            if not self._warned_no_negatives:
+                self._warned_no_negatives = True
+                warnings.warn(
+                    "simclr: a batch held a single clip (its other videos were unreadable and dropped), so it had "
+                    "no negatives and taught nothing (nce 0); its acc and similarities are not logged",
+                    RuntimeWarning, stacklevel=2,
+                )  # fmt: skip
+            return TaskOutput(losses={"nce": logits.loss()}, metrics={})
         return TaskOutput(losses={"nce": logits.loss()}, metrics=logits.metrics())
 
 
@@ -217,6 +248,9 @@ class MoCoTask(PretextTask):
             self.key_encoder.module = convert_to_sync_batchnorm(self.key_encoder.module)
             self.key_head.module = convert_to_sync_batchnorm(self.key_head.module)
         self.queue = NegativeQueue(self.projection["out_dim"], self.queue_size, seed=self.seed)
+
+    def metric_info(self) -> tuple[MetricInfo, ...]:
+        return _metric_info(MetricInfo("queue_fill", "fraction"), MetricInfo("momentum", "other"))
 
     @torch.no_grad()
     def keys(self, clips: Tensor, shuffle_seed: int) -> Tensor:

@@ -18,8 +18,8 @@ Losses
 ``loss="kl"``: ``T^2 * KL(q || s)`` per valid cell, averaged, where ``q`` is the target softened
 by the temperature (``q ∝ p^(1/T)``, i.e. teacher logits divided by ``T``) and
 ``s = softmax(student_logits / T)``. ``loss="ce"``: cross-entropy of the student logits to the
-target's argmax. Optional feature term (``feature_distill_weight > 0``, online teachers with
-``forward_with_features`` only): a 1x1x1 adapter maps the branch features to the teacher's feature
+target's argmax. Optional feature term (``feature_distill_weight > 0``, online teachers that
+expose features only: ``teacher.feature_dim`` set, see :class:`hcframe.Teacher`): a 1x1x1 adapter maps the branch features to the teacher's feature
 width; the loss is the mean squared distance between the L2-normalised adapter output and the
 L2-normalised teacher features area-averaged onto the same grid.
 
@@ -29,6 +29,7 @@ classes present in either of intersection / union.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -37,8 +38,7 @@ from torch import Tensor, nn
 
 import hcframe
 from hcframe.components import TaskInput, TaskOutput
-from hcframe_parsing.cache import open_teacher_cache, run_teacher
-from hcframe_parsing.ground_truth import GroundTruthTeacher
+from hcframe_parsing.cache import frame_step_mismatch, open_teacher_cache, run_teacher
 
 __all__ = [
     "MIN_TARGET_MASS",
@@ -135,13 +135,14 @@ class ParsingDistillation(hcframe.PretextTask):
         cache: folder of a teacher cache made by ``hcframe cache-teacher`` for this teacher; when set,
             data workers read targets from it (a cache of another teacher is refused). Empty: the
             teacher runs online on each batch (not possible for ``synthetic_ground_truth``, whose
-            targets always come from ``dataset.ground_truth_parts()``).
+            targets always come from ``dataset.ground_truth_parts()``: a teacher that is not
+            ``online`` gives its own target store, see :class:`hcframe.Teacher`).
         temperature: softening temperature ``T > 0`` of the KL loss.
         loss: ``"kl"`` (to the softened distribution) or ``"ce"`` (to the argmax labels).
         hidden_dim: width of the parsing head's hidden layer.
         upsample: spatial upsampling factor of the head's logits (1 = the feature grid).
         feature_distill_weight: weight of the optional feature-level term (0 = off); needs an online
-            teacher that exposes features (``forward_with_features``, e.g. ``schp``).
+            teacher that exposes features (``teacher.feature_dim`` set, e.g. ``schp``).
         teacher_batch_size: frames per teacher forward in online mode.
     """
 
@@ -170,9 +171,8 @@ class ParsingDistillation(hcframe.PretextTask):
             raise ValueError(f"hidden_dim, upsample and teacher_batch_size must be >= 1, got {hidden_dim}, {upsample}, {teacher_batch_size}")
         if feature_distill_weight < 0:
             raise ValueError(f"feature_distill_weight must be >= 0, got {feature_distill_weight}")
-        self.is_ground_truth = isinstance(teacher, GroundTruthTeacher)
         if feature_distill_weight > 0:
-            if cache or self.is_ground_truth or not hasattr(teacher, "forward_with_features"):
+            if cache or not teacher.online or teacher.feature_dim is None:
                 raise ValueError(
                     "feature_distill_weight > 0 needs an online teacher that exposes features (e.g. schp with cache = \"\"); "
                     f"teacher {type(teacher).__name__} with cache={cache!r} has none: set feature_distill_weight = 0"
@@ -200,10 +200,15 @@ class ParsingDistillation(hcframe.PretextTask):
             self.adapter = nn.Conv3d(feature_dim, int(self.teacher.feature_dim), 1)
 
     def target_store(self, dataset: Any) -> Any | None:
-        if self.is_ground_truth:
-            return self.teacher.store_for(dataset)
+        stored = self.teacher.target_store(dataset)  # a teacher made of stored maps gives them itself
+        if stored is not None:
+            return stored
         if self.cache:
-            return open_teacher_cache(self.cache, self.teacher)
+            store = open_teacher_cache(self.cache, self.teacher)
+            note = frame_step_mismatch(store, dataset)
+            if note:
+                warnings.warn(note, stacklevel=2)
+            return store
         return None
 
     # --- targets ---------------------------------------------------------------------------------
@@ -213,10 +218,10 @@ class ParsingDistillation(hcframe.PretextTask):
         """Run the teacher on the view's frames: probabilities ``[B, K, T, H, W]`` (and features
         ``[B, C, T, h, w]`` when asked; ``(h, w)`` = ``feature_size`` when the teacher samples its
         features there, else whatever it returns)."""
-        if self.is_ground_truth:
+        if not self.teacher.online:
             raise RuntimeError(
-                "parsing_distill with teacher 'synthetic_ground_truth' found no 'parts' in the batch: "
-                "the dataset's target_store was not set from task.target_store(dataset)"
+                f"parsing_distill with teacher {type(self.teacher).__name__} (stored targets, not run on frames) "
+                "found no 'parts' in the batch: the dataset's target_store was not set from task.target_store(dataset)"
             )
         clips = batch["views"][0]
         b, _, t, h, w = clips.shape
@@ -245,6 +250,44 @@ class ParsingDistillation(hcframe.PretextTask):
                 logits.append(lo.float())
                 feats.append(fe.float())
         return torch.cat(logits), torch.cat(feats)
+
+    def metric_info(self) -> list[hcframe.MetricInfo]:
+        info = [hcframe.MetricInfo("distill", "loss", progress=True)]
+        if self.feature_distill_weight > 0:
+            info.append(hcframe.MetricInfo("feature", "loss"))
+        return info + [
+            hcframe.MetricInfo("miou", "fraction", progress=True, plot="parsing_quality"),
+            hcframe.MetricInfo("pixel_acc", "accuracy", plot="parsing_quality"),
+            hcframe.MetricInfo("valid_fraction", "fraction"),
+        ]
+
+    # --- images --------------------------------------------------------------------------------
+    def visualise(self, inp: TaskInput, max_clips: int = 4) -> hcframe.LabelMaps:
+        """The middle frame of the first ``max_clips`` clips, the teacher's part labels (argmax of
+        the targets: the ground truth, the cache, or the teacher run now) and the student's (argmax
+        of the head's logits at the feature cell covering that frame)."""
+        assert self.head is not None
+        batch = inp.batch
+        clips = batch["views"][0][:max_clips].float()
+        b, _, t, h, w = clips.shape
+        mid = t // 2
+        mean = torch.as_tensor(batch["pixel_mean"], device=clips.device, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.as_tensor(batch["pixel_std"], device=clips.device, dtype=torch.float32).view(1, 3, 1, 1)
+        frames = ((clips[:, :, mid] * std + mean).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        parts = batch.get("parts")
+        targets = parts[0][:b].float() if parts is not None else self.online_targets(dict(batch))[0][:b]
+        teacher = targets[:, :, mid]  # [B, K, h, w]
+        teacher_labels = teacher.argmax(dim=1).to(torch.uint8)
+        teacher_labels[teacher.sum(dim=1) < 0.5] = 255  # no target here (outside a crop, unknown)
+        logits = self.head(inp.features[0].feature_map[:b])  # [B, K, t', h', w']
+        cell = min(mid * logits.shape[2] // t, logits.shape[2] - 1)
+        student_labels = logits[:, :, cell].argmax(dim=1).to(torch.uint8)
+        source = "ground truth" if not self.teacher.online else ("teacher (cached)" if self.cache else "teacher")
+        return hcframe.LabelMaps(
+            frames=frames.cpu(),
+            maps={source: teacher_labels.cpu(), "student": student_labels.cpu()},
+            label_names=tuple(self.teacher.label_names),
+        )
 
     # --- the step --------------------------------------------------------------------------------
     def forward(self, inp: TaskInput) -> TaskOutput:

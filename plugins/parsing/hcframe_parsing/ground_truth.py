@@ -16,15 +16,18 @@ class GroundTruthTeacher(hcframe.Teacher):
     """Targets read from a dataset's own stored part maps instead of a network's outputs.
 
     The dataset must have a ``ground_truth_parts()`` method returning a
-    :class:`hcframe_video.partmaps.PartMapStore` (the ``synthetic_humans`` dataset does). The
-    distillation task asks for it in ``target_store(dataset)``, so data workers load the maps with
-    the clips exactly as they would load a teacher cache. There is no online mode: ``forward``
-    raises, because the maps depend on the video, not on the pixels.
+    :class:`hcframe_video.partmaps.PartMapStore` (the ``synthetic_humans`` dataset does). In the
+    :class:`hcframe.Teacher` contract this teacher is not ``online``: its :meth:`target_store`
+    gives that store, which the distillation task hands to the dataset, so data workers load the
+    maps with the clips exactly as they would load a teacher cache. ``forward`` raises, because the
+    maps depend on the video, not on the pixels.
 
     Args:
         label_names: the class names the stored maps use, index order (default: the 20 LIP labels,
             which the synthetic world renders). Checked against the store when it is attached.
     """
+
+    online = False
 
     def __init__(self, label_names: list[str] = list(LIP_LABELS)) -> None:  # noqa: B006 - copied below
         super().__init__()
@@ -33,7 +36,7 @@ class GroundTruthTeacher(hcframe.Teacher):
         self.label_names = tuple(label_names)
         self.store_identity: dict[str, Any] | None = None
 
-    def store_for(self, dataset: Any) -> PartMapStore:
+    def target_store(self, dataset: Any) -> PartMapStore:
         """The dataset's ground-truth store, checked to use this teacher's label names."""
         getter = getattr(dataset, "ground_truth_parts", None)
         if getter is None:
@@ -60,5 +63,5 @@ class GroundTruthTeacher(hcframe.Teacher):
     def forward(self, frames: Tensor, output_size: Sequence[int] | None = None) -> Tensor:
         raise RuntimeError(
             "teacher 'synthetic_ground_truth' has no online mode: its targets come from the dataset's "
-            "stored part maps; make sure the engine set dataset.target_store from the task"
+            "stored part maps (target_store); make sure the engine set dataset.target_store from the task"
         )

@@ -412,6 +412,10 @@ class SCHPTeacher(hcframe.Teacher):
             CUDA convolutions avoid TF32) or ``"bf16"`` (bfloat16 autocast, an opt-in meant for
             CUDA; it changes the outputs, see the plugin README). Part of :meth:`identity`, so a
             cache made at one precision is refused at the other.
+        input_size: ``[h, w]`` the frames are placed into; empty (default) = the variant's own
+            (473x473 LIP, 512x512 ATR/Pascal), what the checkpoints were trained at. A smaller
+            size is cheaper (cost grows with its area) and changes the outputs (see the plugin
+            README for the measured agreement); it is part of :meth:`identity`.
 
     ``forward(frames)`` takes RGB ``[N, 3, H, W]`` in ``[0, 1]``; frames are placed at the input size,
     flipped to BGR and normalised with SCHP's BGR mean/std; the fusion logits (stride 4) are
@@ -424,28 +428,35 @@ class SCHPTeacher(hcframe.Teacher):
     feature_dim = 512
 
     def __init__(
-        self, checkpoint: str, dataset: str = "lip", resize_mode: str = "letterbox", precision: Literal["fp32", "bf16"] = "fp32"
+        self,
+        checkpoint: str,
+        dataset: str = "lip",
+        resize_mode: str = "letterbox",
+        precision: Literal["fp32", "bf16"] = "fp32",
+        input_size: list[int] = [],  # noqa: B006 - never mutated; empty = the variant's size
     ) -> None:
         super().__init__()
         if not checkpoint:
             raise ValueError("teacher.checkpoint is empty; give the path of an SCHP .pth checkpoint")
-        self._build(dataset, resize_mode, precision)
+        self._build(dataset, resize_mode, precision, input_size)
         state = read_schp_checkpoint(checkpoint)
         load_schp_state_dict(self.model, state, dataset, source=checkpoint)
         self.checkpoint = checkpoint
         self.checkpoint_sha256 = sha256_of_file(checkpoint)
         self.freeze()
 
-    def _build(self, dataset: str, resize_mode: str, precision: str) -> None:
+    def _build(self, dataset: str, resize_mode: str, precision: str, input_size: Sequence[int] = ()) -> None:
         self.precision = check_precision(precision)
         if dataset not in SCHP_VARIANTS:
             raise ValueError(f"teacher.dataset {dataset!r} is not one of {', '.join(SCHP_VARIANTS)}")
         if resize_mode not in RESIZE_MODES:
             raise ValueError(f"teacher.resize_mode {resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+        if len(input_size) not in (0, 2) or any(int(s) < 1 for s in input_size):
+            raise ValueError(f"teacher.input_size must be [height, width] >= 1, or [] for the variant's own size; got {list(input_size)}")
         self.variant = SCHP_VARIANTS[dataset]
         self.resize_mode = resize_mode
         self.label_names = self.variant.label_names
-        self.input_size = self.variant.input_size
+        self.input_size = (int(input_size[0]), int(input_size[1])) if input_size else self.variant.input_size
         # Built without initialising (every tensor is overwritten by the strict load that follows;
         # initialising 66 M random weights would cost about a second for nothing).
         with torch.device("meta"):
@@ -460,12 +471,13 @@ class SCHPTeacher(hcframe.Teacher):
         resize_mode: str = "letterbox",
         source: str = "<state dict>",
         precision: str = "fp32",
+        input_size: Sequence[int] = (),
     ) -> "SCHPTeacher":
         """Build from an in-memory state dict (checkpoint layout or bare); the identity's hash is a
         content hash of the tensors instead of a file hash."""
         teacher = cls.__new__(cls)
         hcframe.Teacher.__init__(teacher)
-        teacher._build(dataset, resize_mode, precision)
+        teacher._build(dataset, resize_mode, precision, input_size)
         bare = unwrap_schp_state_dict(state, source=source)
         load_schp_state_dict(teacher.model, bare, dataset, source=source)
         teacher.checkpoint = source

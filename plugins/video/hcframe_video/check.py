@@ -54,9 +54,10 @@ def videos_in_folder(folder: str) -> list[str]:
 
 def videos_of_recipe(path: str) -> list[str]:
     """The video files of the dataset a recipe builds (its ``[data]`` table)."""
-    from hcframe.recipe import load_recipe  # only needed for this form; keeps workers light
+    from hcframe.config import build_dataset  # only needed for this form; keeps workers light
+    from hcframe.recipe import load_recipe
 
-    dataset = load_recipe(path).build_dataset()
+    dataset = build_dataset(load_recipe(path))
     return [dataset.video_path(i) for i in range(len(dataset))]
 
 
@@ -78,10 +79,13 @@ def check_videos_command(source: str, out: str | None, workers: int | None) -> N
         if not paths:
             raise click.ClickException(f"{source}: no video files ({', '.join(VIDEO_EXTENSIONS)}) under this folder")
     else:
+        from hcframe.cli import Refused
+        from hcframe.recipe import RecipeError
+
         try:
             paths = videos_of_recipe(source)
-        except (ValueError, OSError) as exc:  # RecipeError is a ValueError; dataset errors are one line too
-            raise click.ClickException(str(exc)) from None
+        except RecipeError as exc:  # a bad recipe, its dataset's files included: exit 2, one line
+            raise Refused(str(exc)) from None
     workers = workers if workers is not None else default_workers()
     if workers < 1:
         raise click.BadParameter("must be >= 1", param_hint="--workers")

@@ -8,11 +8,11 @@ is **clamped**: indices past the last frame repeat the last frame (looping would
 the clip; clamping keeps the motion and then holds still).
 
 ``mode="train"``: ``num_views`` views (set by the engine, from the tasks). Each view draws its own
-start uniformly from ``[0, num_frames - span]`` and its own ``crop_size`` square crop position,
-uniformly over the frame after resizing its short side to ``short_side``. That square is cut from
-the decoded frame in source pixels (corner and side rounded to even numbers, see
-:func:`source_box`) and only then converted to RGB and resized to ``crop_size``, so the pixels
-outside the crop are never converted; the part maps use the same source box.
+start uniformly from ``[0, num_frames - span]`` and keeps the **whole frame**, resized so that its
+short side is ``short_side`` (aspect ratio kept). The spatial augmentation (a random resized crop of
+the whole frame, as MMAction2 and pytorchvideo crop from the whole resized frame) is the batch
+transform's, on the device; views of videos with other aspect ratios are padded to one size when
+batched (:func:`hcframe.data.collate`).
 
 ``mode="test"``: ``num_clips`` starts spaced uniformly from the first to the last possible start
 (one clip: the centre), times ``num_crops`` crops. For testing, frames are resized so that the
@@ -32,11 +32,13 @@ and cached in memory by each dataset object (so once per DataLoader worker).
 
 Part targets
 ------------
-When ``target_store`` is set, ``parts`` float16 ``[V, K, T, part_size, part_size]`` holds the
-store's full-frame maps for the view's frames, cut with the same normalised box as the view's
-pixels and area-resampled to ``part_size`` squares (each output cell is the area-weighted mean of
-the map cells it covers, so per-cell probabilities still sum to 1 where the store knows the
-labels, and to 0 where it does not).
+When ``target_store`` is set, ``parts`` float16 ``[V, K, T, h, w]`` holds the store's full-frame
+maps for the view's frames, cut with the same normalised box as the view's pixels and
+area-resampled (each output cell is the area-weighted mean of the map cells it covers, so
+per-cell probabilities still sum to 1 where the store knows the labels, and to 0 where it does
+not): test mode, ``part_size`` squares for the ``crop_size`` crops; train mode, the whole frame at
+the same density, ``round(H * part_size / crop_size) x round(W * part_size / crop_size)`` for a
+``W x H`` view.
 
 Bad videos
 ----------
@@ -53,11 +55,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hcframe.data import BadVideo, VideoDataset, sample_generator, split_key
+from hcframe.data import BadVideo, ClipShape, VideoDataset, sample_generator, split_key
 
-from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_boxes, decode_frames, resized_size
+from hcframe_video.decode import DecodeError, FrameCountCache, VideoInfo, decode_frames, resized_size
 
-__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "clip_frame_indices", "source_box"]
+__all__ = ["BadVideoError", "ClipPlan", "VideoClipDataset", "area_resample_box", "check_clip_arguments", "clip_frame_indices"]
 
 MODES = ("train", "test")
 ON_BAD = ("skip", "raise")
@@ -90,17 +92,19 @@ def _overlap_weights(lo: float, hi: float, cells: int, out: int) -> torch.Tensor
     return overlap / (b - a)
 
 
-def area_resample_box(maps: torch.Tensor, box: tuple[float, float, float, float], out_size: int) -> torch.Tensor:
+def area_resample_box(maps: torch.Tensor, box: tuple[float, float, float, float], out_size: int | tuple[int, int]) -> torch.Tensor:
     """Cut the normalised box ``(x0, y0, x1, y1)`` (fractions of width and height) out of
-    ``maps [..., h, w]`` and area-resample it to ``[..., out_size, out_size]`` (float32).
+    ``maps [..., h, w]`` and area-resample it to ``[..., out_size, out_size]`` (float32;
+    ``out_size = (rows, columns)`` for a non-square output).
 
     Each output cell is the mean of the input over its footprint, weighted by overlap area, so a
     per-cell probability distribution that sums to 1 (or 0) still does. Parts of the box outside
     the map contribute zeros (unknown)."""
     h, w = maps.shape[-2:]
     x0, y0, x1, y1 = box
-    wy = _overlap_weights(y0 * h, y1 * h, h, out_size)
-    wx = _overlap_weights(x0 * w, x1 * w, w, out_size)
+    out_h, out_w = (out_size, out_size) if isinstance(out_size, int) else out_size
+    wy = _overlap_weights(y0 * h, y1 * h, h, out_h)
+    wx = _overlap_weights(x0 * w, x1 * w, w, out_w)
     resampled = torch.einsum("oh,...hw,pw->...op", wy, maps.to(torch.float64), wx)
     return resampled.to(torch.float32)
 
@@ -109,13 +113,12 @@ class ClipPlan:
     """The frames and crop of one view.
 
     ``frame_indices``: ``clip_len`` frame numbers. ``resize = (width, height)``: the frame size
-    after resizing, and ``(x, y)``: the top-left corner of the ``crop_size`` square crop in those
-    resized pixels. ``source_box = (x, y, w, h)`` (train mode): the same crop in source pixels,
-    rounded to even numbers; it is what is actually cut (before resizing, so only kept pixels are
-    converted) and what the part maps are cut with. ``source_size``: the video's ``(width, height)``.
+    after resizing, and ``(x, y)``: the top-left corner of the crop in those resized pixels;
+    ``size = (width, height)``: the crop's size (``None``: the ``crop_size`` square). Train-mode
+    plans keep the whole frame: ``x = y = 0``, ``size = resize``.
     """
 
-    __slots__ = ("frame_indices", "resize", "x", "y", "source_box", "source_size")
+    __slots__ = ("frame_indices", "resize", "x", "y", "size")
 
     def __init__(
         self,
@@ -123,46 +126,69 @@ class ClipPlan:
         resize: tuple[int, int],
         x: int,
         y: int,
-        source_box: tuple[int, int, int, int] | None = None,
-        source_size: tuple[int, int] | None = None,
+        size: tuple[int, int] | None = None,
     ) -> None:
         self.frame_indices = frame_indices
         self.resize = resize
         self.x = x
         self.y = y
-        self.source_box = source_box
-        self.source_size = source_size
+        self.size = size
+
+    def crop_size(self, square: int) -> tuple[int, int]:
+        """``(width, height)`` of the crop (``square``: the dataset's ``crop_size``)."""
+        return self.size if self.size is not None else (square, square)
 
     def normalised_box(self, crop_size: int) -> tuple[float, float, float, float]:
         """The crop as fractions of the frame's width and height: ``(x0, y0, x1, y1)``."""
-        if self.source_box is not None and self.source_size is not None:
-            (x, y, w, h), (sw, sh) = self.source_box, self.source_size
-            return (x / sw, y / sh, (x + w) / sw, (y + h) / sh)
         w, h = self.resize
-        return (self.x / w, self.y / h, (self.x + crop_size) / w, (self.y + crop_size) / h)
-
-
-def _even(value: float) -> int:
-    return 2 * int(round(value / 2))
-
-
-def source_box(x: int, y: int, crop_size: int, resize: tuple[int, int], source: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The ``crop_size`` square at ``(x, y)`` of a frame resized to ``resize``, in the source
-    frame's pixels, with even corner and sides (4:2:0 chroma), kept inside the frame."""
-    sw, sh = source
-    scale = min(sw, sh) / min(resize)  # one scale for both axes: the box stays square
-    max_w, max_h = sw - sw % 2, sh - sh % 2
-    side = max(2, _even(crop_size * scale))
-    w, h = min(side, max_w), min(side, max_h)
-    bx = min(max(0, _even(x * scale)), max_w - w)
-    by = min(max(0, _even(y * scale)), max_h - h)
-    return bx, by, w, h
+        cw, ch = self.crop_size(crop_size)
+        return (self.x / w, self.y / h, (self.x + cw) / w, (self.y + ch) / h)
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_clip_arguments(
+    *,
+    clip_len: int,
+    stride: int,
+    short_side: int,
+    crop_size: int,
+    mode: str,
+    num_clips: int,
+    num_crops: int,
+    seed: int,
+    on_bad_video: str,
+    part_size: int,
+) -> dict[str, Any]:
+    """The clip arguments of :class:`VideoClipDataset`, checked (``ValueError`` naming the
+    argument) and as plain ints. Datasets that do work before calling
+    ``VideoClipDataset.__init__`` (the synthetic world is generated first) check them with this
+    before that work."""
+    checked: dict[str, Any] = {
+        "clip_len": _positive_int("clip_len", clip_len),
+        "stride": _positive_int("stride", stride),
+        "short_side": _positive_int("short_side", short_side),
+        "crop_size": _positive_int("crop_size", crop_size),
+    }
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "train" and checked["crop_size"] > checked["short_side"]:
+        raise ValueError(f"crop_size: {crop_size} is larger than short_side {short_side}; use crop_size <= short_side")
+    checked["mode"] = mode
+    checked["num_clips"] = _positive_int("num_clips", num_clips)
+    checked["num_crops"] = _positive_int("num_crops", num_crops)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed: expected an integer, got {seed!r}")
+    checked["seed"] = int(seed)
+    if on_bad_video not in ON_BAD:
+        raise ValueError(f"on_bad_video: expected one of {', '.join(ON_BAD)}, got {on_bad_video!r}")
+    checked["on_bad_video"] = on_bad_video
+    checked["part_size"] = _positive_int("part_size", part_size, minimum=0)
+    return checked
 
 
 class VideoClipDataset(VideoDataset):
@@ -174,14 +200,16 @@ class VideoClipDataset(VideoDataset):
         class_names: label names (may be empty for unlabelled data).
         root: the dataset folder; ``video_id(i)`` is the path relative to it.
         clip_len: frames per clip. stride: frame step inside a clip.
-        short_side: train mode resizes frames so the short side is this many pixels.
-        crop_size: side of the square crop (train: random position; test: see ``num_crops``).
-        mode: ``"train"`` (random clips and crops, ``num_views`` per sample) or ``"test"``
+        short_side: train mode resizes frames so the short side is this many pixels, and keeps
+            the whole frame (the batch transform crops).
+        crop_size: side of the test-mode square crops (see ``num_crops``); in train mode it only
+            sets the part maps' density (``part_size`` cells per ``crop_size`` pixels).
+        mode: ``"train"`` (random clips of whole frames, ``num_views`` per sample) or ``"test"``
             (``num_clips`` uniform clips x ``num_crops`` crops per sample).
         num_clips, num_crops: test-mode views (``num_crops`` spread along the long side).
         seed: base of every random draw (with epoch and index).
         on_bad_video: ``"skip"`` returns :class:`hcframe.BadVideo`; ``"raise"`` raises.
-        part_size: side of the part-target maps (0: ``crop_size // 4``).
+        part_size: side of the part-target maps of a ``crop_size`` crop (0: ``crop_size // 4``).
     """
 
     def __init__(
@@ -205,24 +233,15 @@ class VideoClipDataset(VideoDataset):
         super().__init__()
         if len(paths) != len(labels):
             raise ValueError(f"labels: expected one label per video ({len(paths)}), got {len(labels)}")
-        self.clip_len = _positive_int("clip_len", clip_len)
-        self.stride = _positive_int("stride", stride)
-        self.short_side = _positive_int("short_side", short_side)
-        self.crop_size = _positive_int("crop_size", crop_size)
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "train" and self.crop_size > self.short_side:
-            raise ValueError(f"crop_size: {crop_size} is larger than short_side {short_side}; use crop_size <= short_side")
-        self.mode = mode
-        self.num_clips = _positive_int("num_clips", num_clips)
-        self.num_crops = _positive_int("num_crops", num_crops)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed: expected an integer, got {seed!r}")
-        self.seed = int(seed)
-        if on_bad_video not in ON_BAD:
-            raise ValueError(f"on_bad_video: expected one of {', '.join(ON_BAD)}, got {on_bad_video!r}")
-        self.on_bad_video = on_bad_video
-        self.part_size = _positive_int("part_size", part_size, minimum=0) or max(1, self.crop_size // 4)
+        checked = check_clip_arguments(
+            clip_len=clip_len, stride=stride, short_side=short_side, crop_size=crop_size, mode=mode,
+            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
+        )  # fmt: skip
+        self.clip_len, self.stride = checked["clip_len"], checked["stride"]
+        self.short_side, self.crop_size, self.mode = checked["short_side"], checked["crop_size"], checked["mode"]
+        self.num_clips, self.num_crops, self.seed = checked["num_clips"], checked["num_crops"], checked["seed"]
+        self.on_bad_video = checked["on_bad_video"]
+        self.part_size = checked["part_size"] or max(1, self.crop_size // 4)
         self.root = os.path.abspath(os.fspath(root))
         self.class_names = tuple(str(c) for c in class_names)
         n_classes = len(self.class_names)
@@ -245,6 +264,12 @@ class VideoClipDataset(VideoDataset):
         return os.path.normpath(path).replace(os.sep, "/")
 
     # --- the VideoDataset interface -------------------------------------------------------------
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape:
+        """``clip_len`` frames of ``crop_size`` x ``crop_size`` pixels (train and test views)."""
+        a = cls.arguments(**args)
+        return ClipShape(a["clip_len"], a["crop_size"], a["crop_size"])
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -279,11 +304,8 @@ class VideoClipDataset(VideoDataset):
             plans = []
             for _ in range(self.num_views):
                 start = int(torch.randint(0, max_start + 1, (1,), generator=generator))
-                x = int(torch.randint(0, resize[0] - c + 1, (1,), generator=generator))
-                y = int(torch.randint(0, resize[1] - c + 1, (1,), generator=generator))
-                box = source_box(x, y, c, resize, (info.width, info.height))
                 indices = clip_frame_indices(start, self.clip_len, self.stride, info.num_frames)
-                plans.append(ClipPlan(indices, resize, x, y, box, (info.width, info.height)))
+                plans.append(ClipPlan(indices, resize, 0, 0, size=resize))  # the whole frame
             return plans
         resize = resized_size(info.width, info.height, c)
         landscape = resize[0] >= resize[1]
@@ -300,13 +322,6 @@ class VideoClipDataset(VideoDataset):
         """RGB frames ``[len(unique), H, W, 3]`` at ``size = (W, H)`` for the sorted unique
         ``frame_indices``, and that list; raises :class:`~hcframe_video.decode.DecodeError`."""
         return decode_frames(self.video_path(index), frame_indices, size=size, info=self.video_info(index))
-
-    def read_boxes(self, index: int, plans: Sequence[ClipPlan]) -> np.ndarray:
-        """uint8 ``[V, T, crop, crop, 3]``: each plan's frames cut to its ``source_box`` and
-        resized to ``crop_size``, all from one pass over the file."""
-        c = self.crop_size
-        views = [(p.frame_indices, p.source_box) for p in plans]
-        return decode_boxes(self.video_path(index), views, (c, c), info=self.video_info(index))
 
     # --- building a sample ----------------------------------------------------------------------
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any] | BadVideo:
@@ -327,16 +342,13 @@ class VideoClipDataset(VideoDataset):
         info = self.video_info(index)
         plans = self.plan_views(info, sample_generator(self.seed, epoch, index))
         unique = sorted({i for p in plans for i in p.frame_indices})
-        c = self.crop_size
-        if all(p.source_box is not None for p in plans):
-            views = self.read_boxes(index, plans).transpose(0, 4, 1, 2, 3)  # [V, 3, T, c, c]
-        else:
-            frames, unique = self.read_frames(index, unique, plans[0].resize)  # views share the resize
-            lookup = np.asarray(unique)
-            views = np.empty((len(plans), 3, self.clip_len, c, c), dtype=np.uint8)
-            for v, plan in enumerate(plans):
-                rows = np.searchsorted(lookup, plan.frame_indices)
-                views[v] = frames[rows, plan.y : plan.y + c, plan.x : plan.x + c].transpose(3, 0, 1, 2)
+        frames, unique = self.read_frames(index, unique, plans[0].resize)  # views share the resize
+        lookup = np.asarray(unique)
+        cw, ch = plans[0].crop_size(self.crop_size)  # views share the crop size
+        views = np.empty((len(plans), 3, self.clip_len, ch, cw), dtype=np.uint8)
+        for v, plan in enumerate(plans):
+            rows = np.searchsorted(lookup, plan.frame_indices)
+            views[v] = frames[rows, plan.y : plan.y + ch, plan.x : plan.x + cw].transpose(3, 0, 1, 2)
         sample: dict[str, Any] = {
             "views": torch.from_numpy(np.ascontiguousarray(views)),
             "frame_indices": torch.tensor([p.frame_indices for p in plans], dtype=torch.int64),
@@ -355,10 +367,13 @@ class VideoClipDataset(VideoDataset):
                 "expected [K, frames, h, w]"
             )
         lookup = np.asarray(unique)
+        cw, ch = plans[0].crop_size(self.crop_size)
+        # part_size cells per crop_size pixels, along both sides of the view.
+        size = (max(1, round(ch * self.part_size / self.crop_size)), max(1, round(cw * self.part_size / self.crop_size)))
         out = []
         for plan in plans:
             rows = torch.from_numpy(np.searchsorted(lookup, plan.frame_indices))
-            out.append(area_resample_box(maps[:, rows], plan.normalised_box(self.crop_size), self.part_size))
+            out.append(area_resample_box(maps[:, rows], plan.normalised_box(self.crop_size), size))
         return torch.stack(out).to(torch.float16)
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
-"""Run a function over many files in worker processes, with a rich progress bar."""
+"""Run a function over many files in worker processes, with progress and the time left (a rich
+bar on a terminal, a log line every 30 s otherwise: :class:`hcframe.progress.ProgressBar`)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,7 @@ import multiprocessing
 import os
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from hcframe.progress import ProgressBar
 
 __all__ = ["default_workers", "map_with_progress"]
 
@@ -24,27 +24,20 @@ def default_workers() -> int:
 
 
 def map_with_progress(
-    fn: Callable[[T], R], items: Sequence[T], workers: int, description: str, console: Console | None = None
+    fn: Callable[[T], R], items: Sequence[T], workers: int, description: str, terminal: bool | None = None
 ) -> Iterator[R]:
     """Yield ``fn(item)`` for every item (in completion order). ``workers <= 1`` runs in this
     process; otherwise a ``spawn`` pool (no inherited threads or open decoders) runs them.
-    ``fn`` must be a module-level function, and must not raise for bad input: return the failure."""
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console or Console(stderr=True)) as progress:
-        task = progress.add_task(description, total=len(items))
+    ``fn`` must be a module-level function, and must not raise for bad input: return the failure.
+    Progress goes to stderr: a bar when it is a terminal (``terminal=None`` asks), lines otherwise."""
+    with ProgressBar(description, len(items), terminal=terminal, unit="videos") as progress:
         if workers <= 1 or len(items) <= 1:
             for item in items:
                 yield fn(item)
-                progress.advance(task)
+                progress.advance()
             return
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(processes=min(workers, len(items))) as pool:
             for result in pool.imap_unordered(fn, items, chunksize=1):
                 yield result
-                progress.advance(task)
+                progress.advance()

@@ -38,6 +38,9 @@ The file name is the video id (its path relative to the dataset root) made files
 keeps distinct ids distinct. Archives are written with a fixed zip timestamp, so the same maps give
 the same bytes.
 
+Each kind is one codec class (:class:`LabelsCodec`, :class:`TopKCodec`, :class:`LogitsCodec`;
+:data:`CODECS` by name), which the writer, the store and the teacher cache all use.
+
 Reading (``PartMapStore.read``) returns float32 probabilities ``[K, T, h, w]``:
 
 labels  one-hot; unknown pixels (255) are all-zero (losses ignore cells that sum to 0)
@@ -55,37 +58,51 @@ video holds.
 
 Writing is atomic per video (a temporary file in the same folder, then ``os.replace``), so a writer
 that is interrupted leaves only complete videos; a new writer on the same folder resumes, skipping
-videos for which :meth:`PartMapWriter.has_video` is true.
+videos for which :meth:`PartMapWriter.check_video` finds the file intact.
+
+Verification: the zip format records the CRC-32 and size of every member when it is written.
+:meth:`PartMapWriter.check_video` reads a whole file back against them and checks its structure
+(``frame_indices``, one map per listed frame, each of the store's type and shape), so a truncated,
+damaged or foreign file is made again rather than counted as done; readers report such a file with
+one line naming it (:class:`PartMapError`). Arrays are never unpickled (``allow_pickle=False``).
 """
 
 from __future__ import annotations
 
+import abc
 import datetime
 import io
 import json
 import os
 import socket
-import tempfile
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from hcframe.data import TargetStore
+from hcframe.files import atomic_path, write_json_atomic
 
 __all__ = [
+    "CODECS",
     "FORMAT",
     "FORMAT_VERSION",
     "KINDS",
     "LIP_LABELS",
     "UNKNOWN",
+    "LabelsCodec",
+    "LogitsCodec",
+    "PartMapCodec",
     "PartMapError",
     "PartMapStore",
     "PartMapWriter",
     "TOPK_MAX_ERROR",
+    "TopKCodec",
+    "codec_for",
     "flip_permutation",
     "quantise_topk",
     "safe_name",
@@ -94,7 +111,6 @@ __all__ = [
 
 FORMAT = "hcframe-partmaps"
 FORMAT_VERSION = 1
-KINDS = ("labels", "topk", "logits")
 #: The label value meaning "no target here" in kind ``labels``.
 UNKNOWN = 255
 #: Upper bound on |read-back probability - renormalised top-k probability| for kind ``topk``.
@@ -112,6 +128,8 @@ _VIDEOS = "videos"
 _FRAME_INDICES = "frame_indices"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed so identical maps give identical bytes
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+# What reading a damaged, truncated or foreign archive raises (ValueError: an object array).
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class PartMapError(ValueError):
@@ -203,38 +221,209 @@ def topk_from_probabilities(probabilities: np.ndarray, k: int) -> tuple[np.ndarr
     return order.astype(np.uint8), np.take_along_axis(p, order, axis=0)
 
 
+# --- the kinds: one codec per stored form ----------------------------------------------------------
+class PartMapCodec(abc.ABC):
+    """One kind of part map: how it is made from teacher logits, stored, and read back.
+
+    A codec is made for a store's ``num_classes`` (and ``k``, for kinds that keep ``k`` classes):
+
+    - :meth:`from_logits`: teacher logits ``[n, K, h, w]`` (any device) -> one value per frame that
+      :meth:`PartMapWriter.write_video` takes (computed on the logits' device; only what is stored
+      crosses to the CPU);
+    - :meth:`encode`: one frame's value -> the array stored for it (checked);
+    - :meth:`decode`: stored arrays of ``T`` frames stacked ``[T, ...]`` -> float32 probabilities
+      ``[K, T, h, w]``.
+
+    :data:`CODECS` maps each kind's ``name`` (the ``kind`` in ``meta.json``) to its codec.
+    """
+
+    name: ClassVar[str]
+    #: The most classes the stored form can name (class ids are uint8; 255 means unknown).
+    max_classes: ClassVar[int | None] = UNKNOWN
+
+    def __init__(self, num_classes: int, k: int | None = None) -> None:
+        if num_classes < 1 or (self.max_classes is not None and num_classes > self.max_classes):
+            most = "" if self.max_classes is None else f"..{self.max_classes}"
+            raise PartMapError(f"label_names: need 1{most} names for kind {self.name!r}, got {num_classes}")
+        self.num_classes = num_classes
+        self.k = self.check_k(k, num_classes)
+
+    @classmethod
+    def check_k(cls, k: int | None, num_classes: int) -> int | None:
+        """The ``k`` this kind stores; only :class:`TopKCodec` takes one."""
+        if k is not None:
+            raise PartMapError(f"k: only kind 'topk' takes k, got k={k!r} for kind {cls.name!r}")
+        return None
+
+    @classmethod
+    def fit_k(cls, k: int | None, num_classes: int) -> int | None:
+        """``k`` as a cache of ``num_classes`` classes uses it: ignored by kinds without one."""
+        return None
+
+    def frames_of(self, stacked: Any) -> Sequence[Any]:
+        """A stacked array (or sequence) of frame values -> one value per frame."""
+        return stacked
+
+    def stored_problem(self, array: np.ndarray) -> str | None:
+        """Why ``array`` (read from a file) is not one frame as this codec stores it, or None:
+        the stored dtype, then :meth:`stored_lead` before the ``[h, w]`` of the map."""
+        lead = self.stored_lead()
+        if array.dtype != self.stored_dtype or array.ndim != len(lead) + 2:
+            return f"a {array.dtype} array of shape {list(array.shape)}, not a {self.name} map"
+        if tuple(array.shape[: len(lead)]) != lead:
+            return f"shape {list(array.shape)}, not [{', '.join(map(str, lead))}, h, w]"
+        return None
+
+    #: The dtype a frame is stored as.
+    stored_dtype: ClassVar[type] = np.uint8
+
+    def stored_lead(self) -> tuple[int, ...]:
+        """The dimensions a stored frame has before its ``[h, w]``."""
+        return ()
+
+    @abc.abstractmethod
+    def from_logits(self, logits: torch.Tensor) -> list[Any]: ...
+
+    @abc.abstractmethod
+    def encode(self, value: Any, where: str) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def decode(self, raw: np.ndarray) -> torch.Tensor: ...
+
+
+class LabelsCodec(PartMapCodec):
+    """``labels``: the class id per pixel, uint8 ``[h, w]`` (255 = unknown); read as one-hot, with
+    unknown pixels all-zero. Values: integer ``[h, w]``; from logits: the argmax."""
+
+    name = "labels"
+
+    def from_logits(self, logits: torch.Tensor) -> list[Any]:
+        return list(logits.argmax(dim=1).to(torch.uint8).cpu().numpy())
+
+    def encode(self, value: Any, where: str) -> np.ndarray:
+        labels = np.asarray(value)
+        if labels.ndim != 2:
+            raise PartMapError(f"{where}: labels must be [h, w], got shape {labels.shape}")
+        bad = (labels != UNKNOWN) & ((labels < 0) | (labels >= self.num_classes))
+        if bad.any():
+            raise PartMapError(f"{where}: label {int(labels[bad].flat[0])} outside 0..{self.num_classes - 1} (255 = unknown)")
+        return labels.astype(np.uint8)
+
+    def decode(self, raw: np.ndarray) -> torch.Tensor:
+        labels = torch.from_numpy(raw.astype(np.int64))  # [T, h, w]
+        known = labels != UNKNOWN
+        onehot = torch.zeros((self.num_classes, *labels.shape), dtype=torch.float32)
+        onehot.scatter_(0, labels.clamp(max=self.num_classes - 1).unsqueeze(0), known.unsqueeze(0).float())
+        return onehot
+
+
+class TopKCodec(PartMapCodec):
+    """``topk``: uint8 ``[2, k, h, w]``, ``[0]`` the ``k`` most probable class ids, ``[1]`` their
+    probabilities renormalised and quantised to 1/255 (:func:`quantise_topk`); read as those
+    probabilities scattered to their classes. Values: ``(class_ids [k, h, w], probabilities
+    [k, h, w])`` or full probabilities ``[K, h, w]``; from logits: softmax, then the top ``k``."""
+
+    name = "topk"
+
+    @classmethod
+    def check_k(cls, k: int | None, num_classes: int) -> int | None:
+        if k is None or not 1 <= int(k) <= num_classes:
+            raise PartMapError(f"k: kind 'topk' needs 1 <= k <= {num_classes}, got {k!r}")
+        return int(k)
+
+    @classmethod
+    def fit_k(cls, k: int | None, num_classes: int) -> int | None:
+        if k is None or k < 1:
+            raise PartMapError(f"k must be >= 1 for kind 'topk', got {k}")
+        return min(int(k), num_classes)
+
+    def stored_lead(self) -> tuple[int, ...]:
+        assert self.k is not None
+        return (2, self.k)
+
+    def frames_of(self, stacked: Any) -> Sequence[Any]:
+        if isinstance(stacked, tuple) and len(stacked) == 2 and np.ndim(stacked[0]) == 4:
+            ids, probs = stacked  # a stacked pair: (ids [T, k, h, w], probs [T, k, h, w])
+            return [(ids[i], probs[i]) for i in range(len(ids))]
+        return stacked
+
+    def from_logits(self, logits: torch.Tensor) -> list[Any]:
+        assert self.k is not None
+        probs, ids = torch.softmax(logits.float(), dim=1).topk(self.k, dim=1)
+        ids, probs = ids.to(torch.uint8).cpu().numpy(), probs.cpu().numpy()
+        return [(ids[i], probs[i]) for i in range(len(ids))]
+
+    def encode(self, value: Any, where: str) -> np.ndarray:
+        assert self.k is not None
+        if isinstance(value, tuple):
+            ids, probs = (np.asarray(v) for v in value)
+        else:
+            full = np.asarray(value)
+            if full.ndim != 3 or full.shape[0] != self.num_classes:
+                raise PartMapError(f"{where}: give (ids, probs) pairs or [{self.num_classes}, h, w] probabilities, got shape {full.shape}")
+            ids, probs = topk_from_probabilities(full, self.k)
+        if ids.shape != probs.shape or ids.ndim != 3 or ids.shape[0] != self.k:
+            raise PartMapError(f"{where}: top-k ids and probabilities must both be [{self.k}, h, w], got {ids.shape} and {probs.shape}")
+        if (ids < 0).any() or (ids >= self.num_classes).any():
+            raise PartMapError(f"{where}: top-k class id outside 0..{self.num_classes - 1}")
+        return np.stack([ids.astype(np.uint8), quantise_topk(probs)])
+
+    def decode(self, raw: np.ndarray) -> torch.Tensor:
+        ids = torch.from_numpy(raw[:, 0].astype(np.int64))  # [T, k, h, w]
+        probs = torch.from_numpy(raw[:, 1].astype(np.float32)) / 255.0
+        out = torch.zeros((ids.shape[0], self.num_classes, *ids.shape[2:]), dtype=torch.float32)
+        out.scatter_add_(1, ids, probs)
+        return out.transpose(0, 1).contiguous()
+
+
+class LogitsCodec(PartMapCodec):
+    """``logits``: float16 ``[K, h, w]`` raw logits; read as ``softmax`` over ``K`` in float32 (no
+    temperature: distillation applies its own). Values and from logits: float ``[K, h, w]``."""
+
+    name = "logits"
+    max_classes = None
+    stored_dtype = np.float16
+
+    def stored_lead(self) -> tuple[int, ...]:
+        return (self.num_classes,)
+
+    def from_logits(self, logits: torch.Tensor) -> list[Any]:
+        return list(logits.float().cpu().numpy())
+
+    def encode(self, value: Any, where: str) -> np.ndarray:
+        logits = np.asarray(value, dtype=np.float32)
+        if logits.ndim != 3 or logits.shape[0] != self.num_classes:
+            raise PartMapError(f"{where}: logits must be [{self.num_classes}, h, w], got shape {logits.shape}")
+        return logits.astype(np.float16)
+
+    def decode(self, raw: np.ndarray) -> torch.Tensor:
+        logits = torch.from_numpy(raw.astype(np.float32))  # [T, K, h, w]
+        return torch.softmax(logits, dim=1).transpose(0, 1).contiguous()
+
+
+#: The codec of each kind, by the kind's name (the ``kind`` a store's ``meta.json`` names).
+CODECS: dict[str, type[PartMapCodec]] = {codec.name: codec for codec in (LabelsCodec, TopKCodec, LogitsCodec)}
+KINDS = tuple(CODECS)
+
+
+def codec_for(kind: str, num_classes: int, k: int | None = None) -> PartMapCodec:
+    """The codec of ``kind`` for ``num_classes`` classes (and ``k``: :class:`TopKCodec` only)."""
+    if kind not in CODECS:
+        raise PartMapError(f"kind must be one of {', '.join(CODECS)}, got {kind!r}")
+    return CODECS[kind](num_classes, k)
+
+
 # --- writing ---------------------------------------------------------------------------------------
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as a deterministic, per-member-compressed ``.npz`` atomically at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w", allowZip64=True) as zf:
-            for name, array in arrays.items():
-                buffer = io.BytesIO()
-                np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_TIME)
-                info.compress_type = zipfile.ZIP_DEFLATED
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, buffer.getvalue(), compresslevel=6)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh, zipfile.ZipFile(fh, "w", allowZip64=True) as zf:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buffer.getvalue(), compresslevel=6)
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
@@ -250,7 +439,7 @@ def _read_meta(root: Path) -> dict[str, Any]:
             f"part-map store {root}: {_META} is format {meta.get('format')!r} version "
             f"{meta.get('format_version')!r}; this reader needs {FORMAT!r} version {FORMAT_VERSION}"
         )
-    if meta.get("kind") not in KINDS:
+    if meta.get("kind") not in CODECS:
         raise PartMapError(f"part-map store {root}: unknown kind {meta.get('kind')!r} in {_META}")
     return meta
 
@@ -260,7 +449,7 @@ class PartMapWriter:
 
     Arguments:
         root: the store folder (created if needed).
-        kind: ``"labels"``, ``"topk"`` or ``"logits"`` (see the module docstring).
+        kind: a kind of :data:`CODECS`: ``"labels"``, ``"topk"`` or ``"logits"`` (see the module docstring).
         label_names: the K class names (at most 255 for labels/topk, since 255 means unknown).
         identity: JSON-serialisable dict naming the producer and everything the maps depend on.
         k: classes kept per pixel, required for ``topk`` (1 <= k <= K).
@@ -283,20 +472,10 @@ class PartMapWriter:
         scale: float | None = None,
     ) -> None:
         self.root = Path(root)
-        if kind not in KINDS:
-            raise PartMapError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-        self.kind = kind
         self.label_names = tuple(str(n) for n in label_names)
-        num = len(self.label_names)
-        if num == 0 or (kind != "logits" and num > 255):
-            raise PartMapError(f"label_names: need 1..255 names for kind {kind!r}, got {num}")
-        if kind == "topk":
-            if k is None or not 1 <= int(k) <= num:
-                raise PartMapError(f"k: kind 'topk' needs 1 <= k <= {num}, got {k!r}")
-            k = int(k)
-        elif k is not None:
-            raise PartMapError(f"k: only kind 'topk' takes k, got k={k!r} for kind {kind!r}")
-        self.k = k
+        self.codec = codec_for(kind, len(self.label_names), k)
+        self.kind = kind
+        self.k = self.codec.k
         self.resolution = None if resolution is None else (int(resolution[0]), int(resolution[1]))
         self.scale = None if scale is None else float(scale)
         self.identity = json.loads(_canonical(dict(identity)))  # proves it is JSON, normalises tuples
@@ -329,13 +508,30 @@ class PartMapWriter:
                 "host": socket.gethostname(),
                 "hcframe_video": __version__,
             }
-            _write_json_atomic(meta_path, wanted)
+            write_json_atomic(meta_path, wanted, sort_keys=True)
 
     def path_of(self, video_id: str) -> Path:
         return self._videos / (safe_name(video_id) + ".npz")
 
     def has_video(self, video_id: str) -> bool:
         return self.path_of(video_id).is_file()
+
+    def stored_frames(self, video_id: str) -> np.ndarray | None:
+        """The frame numbers of ``video_id``'s file if it is a readable archive that lists a
+        member for every one of them, else ``None`` (missing, truncated, not a zip, a member
+        missing). Reads only the zip directory and ``frame_indices``, not the maps: what a
+        resumed build checks before skipping a video."""
+        path = self.path_of(video_id)
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+                with archive.open(_FRAME_INDICES + ".npy") as fh:
+                    frames = np.lib.format.read_array(fh, allow_pickle=False)
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError):
+            return None
+        if frames.ndim != 1 or len(frames) == 0 or any(_frame_member(int(f)) + ".npy" not in names for f in frames):
+            return None
+        return frames.astype(np.int64)
 
     def write_video(
         self, video_id: str, frames: Mapping[int, Any] | np.ndarray | Sequence[Any]
@@ -352,11 +548,8 @@ class PartMapWriter:
         """
         if isinstance(frames, Mapping):
             items = sorted((int(f), m) for f, m in frames.items())
-        elif self.kind == "topk" and isinstance(frames, tuple) and len(frames) == 2 and np.ndim(frames[0]) == 4:
-            ids, probs = frames  # stacked pair: (ids [T, k, h, w], probs [T, k, h, w])
-            items = [(i, (ids[i], probs[i])) for i in range(len(ids))]
         else:
-            items = list(enumerate(frames))
+            items = list(enumerate(self.codec.frames_of(frames)))
         if not items:
             raise PartMapError(f"video {video_id!r}: no frames to write")
         if items[0][0] < 0:
@@ -375,39 +568,52 @@ class PartMapWriter:
                 f"resolution is {self.resolution[0]}x{self.resolution[1]}"
             )
 
+    def check_video(self, video_id: str) -> str | None:
+        """``None`` when ``video_id``'s file is complete and intact, else why not (``"missing"``
+        when there is no file). Reads the whole file: every member must decompress to the CRC-32
+        and size recorded when it was written, ``frame_indices`` must list frames that each have
+        a map, and every map must have this store's type and shape."""
+        path = self.path_of(video_id)
+        if not path.is_file():
+            return "missing"
+        return _check_archive(path, self._map_shape)
+
+    def _map_shape(self, array: np.ndarray) -> str | None:
+        """Why ``array`` is not a map of this store, or None."""
+        problem = self.codec.stored_problem(array)
+        if problem is None and self.resolution is not None and tuple(array.shape[-2:]) != self.resolution:
+            h, w = self.resolution
+            problem = f"maps of {array.shape[-2]}x{array.shape[-1]}, the store's resolution is {h}x{w}"
+        return problem
+
     def _encode(self, video_id: str, frame: int, value: Any) -> np.ndarray:
-        num = len(self.label_names)
-        where = f"video {video_id!r} frame {frame}"
-        if self.kind == "labels":
-            labels = np.asarray(value)
-            if labels.ndim != 2:
-                raise PartMapError(f"{where}: labels must be [h, w], got shape {labels.shape}")
-            bad = (labels != UNKNOWN) & ((labels < 0) | (labels >= num))
-            if bad.any():
-                raise PartMapError(f"{where}: label {int(labels[bad].flat[0])} outside 0..{num - 1} (255 = unknown)")
-            self._check_size(video_id, frame, labels.shape)
-            return labels.astype(np.uint8)
-        if self.kind == "logits":
-            logits = np.asarray(value, dtype=np.float32)
-            if logits.ndim != 3 or logits.shape[0] != num:
-                raise PartMapError(f"{where}: logits must be [{num}, h, w], got shape {logits.shape}")
-            self._check_size(video_id, frame, logits.shape)
-            return logits.astype(np.float16)
-        # topk
-        if isinstance(value, tuple):
-            ids, probs = (np.asarray(v) for v in value)
-        else:
-            full = np.asarray(value)
-            if full.ndim != 3 or full.shape[0] != num:
-                raise PartMapError(f"{where}: give (ids, probs) pairs or [{num}, h, w] probabilities, got shape {full.shape}")
-            ids, probs = topk_from_probabilities(full, self.k)
-        assert self.k is not None
-        if ids.shape != probs.shape or ids.ndim != 3 or ids.shape[0] != self.k:
-            raise PartMapError(f"{where}: top-k ids and probabilities must both be [{self.k}, h, w], got {ids.shape} and {probs.shape}")
-        if (ids < 0).any() or (ids >= num).any():
-            raise PartMapError(f"{where}: top-k class id outside 0..{num - 1}")
-        self._check_size(video_id, frame, ids.shape)
-        return np.stack([ids.astype(np.uint8), quantise_topk(probs)])
+        stored = self.codec.encode(value, f"video {video_id!r} frame {frame}")
+        self._check_size(video_id, frame, stored.shape)
+        return stored
+
+
+def _check_archive(path: Path, map_problem: Any) -> str | None:
+    """Why the video file ``path`` cannot be trusted, or None (see :meth:`PartMapWriter.check_video`)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            arrays: dict[str, np.ndarray] = {}
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    arrays[info.filename] = np.lib.format.read_array(member, allow_pickle=False)
+                    member.read()  # to the end: zipfile compares the CRC-32 there
+    except _READ_ERRORS as exc:
+        return f"damaged or not a part-map file ({type(exc).__name__}: {exc})"
+    frames = arrays.get(_FRAME_INDICES + ".npy")
+    if frames is None or frames.dtype != np.int64 or frames.ndim != 1 or len(frames) == 0:
+        return f"no valid {_FRAME_INDICES}"
+    for frame in frames:
+        array = arrays.get(_frame_member(int(frame)) + ".npy")
+        if array is None:
+            return f"frame {int(frame)} is listed but has no map"
+        problem = map_problem(array)
+        if problem is not None:
+            return f"frame {int(frame)}: {problem}"
+    return None
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -429,7 +635,11 @@ class PartMapStore(TargetStore):
         self.meta = _read_meta(self.root)
         self.kind: str = self.meta["kind"]
         self.label_names = tuple(self.meta["label_names"])
-        self.k: int | None = self.meta.get("k")
+        try:
+            self.codec = codec_for(self.kind, len(self.label_names), self.meta.get("k"))
+        except PartMapError as exc:
+            raise PartMapError(f"part-map store {self.root}: {_META}: {exc}") from None
+        self.k: int | None = self.codec.k
         res = self.meta.get("resolution")
         self.resolution: tuple[int, int] | None = None if res is None else (int(res[0]), int(res[1]))
         self.identity: dict[str, Any] = self.meta.get("identity", {})
@@ -472,15 +682,26 @@ class PartMapStore(TargetStore):
                 f"part-map store {self.root} has no video {video_id!r} (expected {path}); "
                 "build the cache for this dataset first"
             ) from None
-        except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise PartMapError(f"part-map store {self.root}: cannot read {path}: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self._unreadable(path, exc) from None
+
+    def _unreadable(self, path: Path, exc: BaseException) -> PartMapError:
+        return PartMapError(
+            f"part-map store {self.root}: cannot read {path} ({type(exc).__name__}: {exc}); "
+            f"it is damaged or not a part-map file: make it again (for a teacher cache, rerun `hcframe cache-teacher`)"
+        )
 
     def frame_indices(self, video_id: str) -> np.ndarray:
         """The frame numbers stored for ``video_id`` (ascending int64)."""
         cached = self._frame_cache.get(video_id)
         if cached is None:
             with self._open(video_id) as archive:
-                cached = archive[_FRAME_INDICES]
+                try:
+                    cached = archive[_FRAME_INDICES]
+                except _READ_ERRORS as exc:
+                    raise self._unreadable(self.path_of(video_id), exc) from None
+            if cached.dtype.kind not in "iu" or cached.ndim != 1 or len(cached) == 0:
+                raise self._unreadable(self.path_of(video_id), ValueError(f"{_FRAME_INDICES} is {cached.dtype} {list(cached.shape)}"))
             self._frame_cache[video_id] = cached
             if len(self._frame_cache) > 4096:
                 self._frame_cache.popitem(last=False)
@@ -502,25 +723,13 @@ class PartMapStore(TargetStore):
         frames = self.nearest_stored(video_id, frame_indices)
         with self._open(video_id) as archive:
             decoded: dict[int, np.ndarray] = {}
-            for f in np.unique(frames):
-                decoded[int(f)] = archive[_frame_member(int(f))]
-        return np.stack([decoded[int(f)] for f in frames])
+            try:
+                for f in np.unique(frames):
+                    decoded[int(f)] = archive[_frame_member(int(f))]
+                return np.stack([decoded[int(f)] for f in frames])
+            except _READ_ERRORS as exc:
+                raise self._unreadable(self.path_of(video_id), exc) from None
 
     def read(self, video_id: str, frame_indices: Sequence[int]) -> torch.Tensor:
         """float32 ``[K, T, h, w]`` probabilities (see the module docstring for each kind)."""
-        raw = self.read_raw(video_id, frame_indices)
-        num = self.num_classes
-        if self.kind == "labels":
-            labels = torch.from_numpy(raw.astype(np.int64))  # [T, h, w]
-            known = labels != UNKNOWN
-            onehot = torch.zeros((num, *labels.shape), dtype=torch.float32)
-            onehot.scatter_(0, labels.clamp(max=num - 1).unsqueeze(0), known.unsqueeze(0).float())
-            return onehot
-        if self.kind == "logits":
-            logits = torch.from_numpy(raw.astype(np.float32))  # [T, K, h, w]
-            return torch.softmax(logits, dim=1).transpose(0, 1).contiguous()
-        ids = torch.from_numpy(raw[:, 0].astype(np.int64))  # [T, k, h, w]
-        probs = torch.from_numpy(raw[:, 1].astype(np.float32)) / 255.0
-        out = torch.zeros((ids.shape[0], num, *ids.shape[2:]), dtype=torch.float32)
-        out.scatter_add_(1, ids, probs)
-        return out.transpose(0, 1).contiguous()
+        return self.codec.decode(self.read_raw(video_id, frame_indices))

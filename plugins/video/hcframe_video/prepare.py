@@ -23,12 +23,12 @@ import attrs
 import av
 import click
 
+from hcframe.files import atomic_path
+
 from hcframe_video.decode import VIDEO_EXTENSIONS, DecodeError, one_line_error, open_video, resized_size, video_stream
 from hcframe_video.parallel import default_workers, map_with_progress
 
 __all__ = ["PrepareJob", "prepare_command", "prepare_tree", "transcode_video"]
-
-TMP_SUFFIX = ".partial.mp4"
 
 
 def even_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -44,15 +44,14 @@ def transcode_video(src: str, dst: str, short_side: int, keyframe_interval: int,
     x264 runs with ``tune=fastdecode`` (no CABAC, no deblocking filter, no weighted prediction)
     and no B-frames: the copy is some 10% larger but decodes about 3x faster, which is the point
     of the copy."""
-    tmp = dst + TMP_SUFFIX
     written = 0
     try:
-        with open_video(src) as source:
+        with open_video(src) as source, atomic_path(dst) as tmp:
             stream = video_stream(source)
             rate = stream.average_rate or stream.guessed_rate or Fraction(25)
             in_ctx = stream.codec_context
             width, height = even_size(in_ctx.width, in_ctx.height, short_side)
-            with av.open(tmp, mode="w", format="mp4") as target:
+            with av.open(str(tmp), mode="w", format="mp4") as target:
                 out = target.add_stream("libx264", rate=Fraction(rate))
                 out.width, out.height, out.pix_fmt = width, height, "yuv420p"
                 out.codec_context.gop_size = keyframe_interval
@@ -76,15 +75,11 @@ def transcode_video(src: str, dst: str, short_side: int, keyframe_interval: int,
                     written += 1
                 for packet in out.encode(None):
                     target.mux(packet)
-        if written == 0:
-            raise DecodeError("no frame could be decoded")
-        os.replace(tmp, dst)
+            if written == 0:
+                raise DecodeError("no frame could be decoded")
         return written
     except av.FFmpegError as exc:
         raise DecodeError(f"transcoding failed after {written} frames: {one_line_error(exc)}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @attrs.frozen
@@ -114,7 +109,7 @@ def plan_tree(src: str, dst: str, short_side: int, keyframe_interval: int) -> tu
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel_dir = os.path.relpath(dirpath, src)
         for name in sorted(filenames):
-            if name.startswith(".") or name.endswith(TMP_SUFFIX):
+            if name.startswith("."):  # hidden files, and the temporary file of a copy under way
                 continue
             source = os.path.join(dirpath, name)
             stem, ext = os.path.splitext(name)

@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, NamedTuple
 
-from hcframe_video.clips import VideoClipDataset
+from hcframe.data import ClipShape, DatasetCheck
+
+from hcframe_video.clips import VideoClipDataset, check_clip_arguments
 from hcframe_video.partmaps import PartMapStore
 from hcframe_video.synthetic.generate import (
     PARTS_DIR,
     SUBSETS,
     WorldSpec,
     build_world,
+    check_world_root,
     default_cache_root,
     video_path,
 )
 from hcframe_video.synthetic.world import ACTION_NAMES, WorldConfig, video_label
 
 __all__ = ["SyntheticHumans"]
+
+
+class _WorldPlan(NamedTuple):
+    spec: WorldSpec
+    world_root: Path
+    clip_arguments: dict[str, Any]
+    subset: str
+    workers: int
 
 
 class SyntheticHumans(VideoClipDataset):
@@ -83,34 +95,66 @@ class SyntheticHumans(VideoClipDataset):
         on_bad_video: str = "skip",
         part_size: int = 0,
     ) -> None:
-        if subset not in SUBSETS:
-            raise ValueError(f"subset: expected one of {', '.join(SUBSETS)}, got {subset!r}")
-        if workers < 0:
-            raise ValueError(f"workers: expected >= 0, got {workers}")
-        spec = WorldSpec(
-            config=WorldConfig(
-                height=height, width=width, num_frames=num_frames, shortcut_strength=shortcut_strength,
-                num_backgrounds=num_backgrounds, max_distractors=max_distractors, jitter=jitter,
-            ),
-            seed=world_seed, num_train=num_train, num_test=num_test, fps=fps, crf=crf,
+        plan = self._plan(
+            root=root, subset=subset, num_train=num_train, num_test=num_test, world_seed=world_seed, height=height,
+            width=width, num_frames=num_frames, shortcut_strength=shortcut_strength, num_backgrounds=num_backgrounds,
+            max_distractors=max_distractors, jitter=jitter, fps=fps, crf=crf, workers=workers, clip_len=clip_len,
+            stride=stride, short_side=short_side, crop_size=crop_size, mode=mode, num_clips=num_clips,
+            num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
         )  # fmt: skip
-        if spec.count(subset) == 0:
-            raise ValueError(f"num_{subset}: the {subset} subset is empty; set num_{subset} >= 1")
-        world_root = Path(root).expanduser() if root else default_cache_root() / "synthetic" / spec.key()
-        if workers == 0:
-            workers = max(1, min(4, os.cpu_count() or 1))
-        self.world_root = build_world(world_root, spec, workers=workers)
-        self.spec = spec
+        # Every argument is checked: only now is the world generated (once, on first use).
+        self.world_root = build_world(plan.world_root, plan.spec, workers=plan.workers)
+        self.spec = plan.spec
         self.subset = subset
-        count = spec.count(subset)
+        count = plan.spec.count(subset)
         paths = [video_path(subset, i) for i in range(count)]
         labels = [video_label(subset, i, len(ACTION_NAMES)) for i in range(count)]
-        short = short_side or min(height, width)
-        super().__init__(
-            paths, labels, ACTION_NAMES, str(self.world_root),
-            clip_len=clip_len, stride=stride, short_side=short, crop_size=crop_size or short, mode=mode,
-            num_clips=num_clips, num_crops=num_crops, seed=seed, on_bad_video=on_bad_video, part_size=part_size,
+        super().__init__(paths, labels, ACTION_NAMES, str(self.world_root), **plan.clip_arguments)
+
+    @classmethod
+    def check(cls, **args: Any) -> DatasetCheck:
+        """Everything the constructor checks (arguments, a ``root`` holding another world), without
+        generating the world: ``hcframe run --dry-run`` and ``hcframe info`` stay quick."""
+        plan = cls._plan(**cls.arguments(**args))
+        check_world_root(plan.world_root, plan.spec)
+        return DatasetCheck(plan.spec.count(plan.subset), tuple(ACTION_NAMES))
+
+    @classmethod
+    def _plan(cls, **a: Any) -> _WorldPlan:
+        """The checked arguments: the world, where it lives, the clip arguments."""
+        if a["subset"] not in SUBSETS:
+            raise ValueError(f"subset: expected one of {', '.join(SUBSETS)}, got {a['subset']!r}")
+        if a["workers"] < 0:
+            raise ValueError(f"workers: expected >= 0, got {a['workers']}")
+        spec = WorldSpec(
+            config=WorldConfig(
+                height=a["height"], width=a["width"], num_frames=a["num_frames"], shortcut_strength=a["shortcut_strength"],
+                num_backgrounds=a["num_backgrounds"], max_distractors=a["max_distractors"], jitter=a["jitter"],
+            ),
+            seed=a["world_seed"], num_train=a["num_train"], num_test=a["num_test"], fps=a["fps"], crf=a["crf"],
         )  # fmt: skip
+        if spec.count(a["subset"]) == 0:
+            raise ValueError(f"num_{a['subset']}: the {a['subset']} subset is empty; set num_{a['subset']} >= 1")
+        short = a["short_side"] or min(a["height"], a["width"])
+        clip_arguments = dict(
+            clip_len=a["clip_len"], stride=a["stride"], short_side=short, crop_size=a["crop_size"] or short, mode=a["mode"],
+            num_clips=a["num_clips"], num_crops=a["num_crops"], seed=a["seed"], on_bad_video=a["on_bad_video"],
+            part_size=a["part_size"],
+        )  # fmt: skip
+        check_clip_arguments(**clip_arguments)
+        root = a["root"]
+        world_root = Path(root).expanduser() if root else default_cache_root() / "synthetic" / spec.key()
+        if world_root.exists() and not world_root.is_dir():
+            raise ValueError(f"root: {world_root} is a file; give a folder for the world (or leave root empty for the cache)")
+        workers = a["workers"] or max(1, min(4, os.cpu_count() or 1))
+        return _WorldPlan(spec, world_root, clip_arguments, a["subset"], workers)
+
+    @classmethod
+    def clip_shape(cls, **args: Any) -> ClipShape:
+        """``clip_len`` frames; ``crop_size``, or ``short_side``, or the world's short side."""
+        a = cls.arguments(**args)
+        side = a["crop_size"] or a["short_side"] or min(a["height"], a["width"])
+        return ClipShape(a["clip_len"], side, side)
 
     def ground_truth_parts(self) -> PartMapStore:
         """The world's per-frame LIP part labels (kind ``labels``, full frame resolution), checked

@@ -212,11 +212,8 @@ def build_world(
     ``root`` holds a different world or other files.
     """
     root = Path(root).expanduser().absolute()
-    if (root / WORLD_FILE).exists():
-        _check_existing(root, spec)
+    if check_world_root(root, spec):
         return root
-    if root.exists() and any(root.iterdir()):
-        raise ValueError(f"{root}: exists, is not empty and has no {WORLD_FILE}; choose a new or empty folder")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{root.name}-", dir=root.parent))
     try:
@@ -258,6 +255,21 @@ def build_world(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def check_world_root(root: str | os.PathLike[str], spec: WorldSpec) -> bool:
+    """Whether ``root`` already holds the world ``spec`` (``False``: nothing there yet, it can be
+    generated). Raises ValueError, generating nothing, when ``root`` is a file, holds another
+    world, or holds other files."""
+    root = Path(root).expanduser().absolute()
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"{root}: is a file; give a folder for the world (or leave root empty for the cache)")
+    if (root / WORLD_FILE).exists():
+        _check_existing(root, spec)
+        return True
+    if root.exists() and any(root.iterdir()):
+        raise ValueError(f"{root}: exists, is not empty and has no {WORLD_FILE}; choose a new or empty folder")
+    return False
 
 
 def _check_existing(root: Path, spec: WorldSpec) -> None:

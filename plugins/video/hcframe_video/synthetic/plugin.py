@@ -92,33 +92,58 @@ def make_synthetic_command(out: str, num_train: int, num_test: int | None, seed:
 @click.option("--subset", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="Which subset of a world folder.")
 @click.option("-o", "--override", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override (recipes only).")
-def show_command(source: str, out: str, num_clips: int, subset: str, overrides: tuple[str, ...]) -> None:
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="With a recipe: the student's weights (a checkpoint of the run) shown beside the ground truth and the teacher.")
+def show_command(source: str, out: str, num_clips: int, subset: str, overrides: tuple[str, ...], checkpoint: str | None) -> None:
     """Write a contact sheet of a few clips with their part maps overlaid.
 
     SOURCE is a synthetic world folder (made by make-synthetic, or a synthetic_humans cache folder)
     or a recipe whose [data] dataset is shown as the engine loads it (with ground-truth part maps
-    when the dataset has them).
+    when the dataset has them). A recipe with a task that draws part maps (parsing_distill) and a
+    .png output shows, side by side for each clip's middle frame, the ground truth, the teacher
+    (cached or run online) and, with --checkpoint, the student's prediction.
     """
     from hcframe_video.synthetic.generate import WORLD_FILE
-    from hcframe_video.synthetic.show import clips_from_dataset, clips_from_world, contact_sheet
+    from hcframe_video.synthetic.show import clips_from_dataset, clips_from_world, comparison_sheet, contact_sheet
 
     if num_clips < 1:
         _error(f"--clips must be >= 1, got {num_clips}")
     path = Path(source)
     try:
         if path.is_dir():
+            if checkpoint is not None:
+                _error("--checkpoint needs a recipe as SOURCE (it describes the model)")
             if not (path / WORLD_FILE).exists():
                 _error(f"{path}: no {WORLD_FILE}; give a synthetic world folder or a recipe file")
             clips = clips_from_world(path, num_clips, subset)
         else:
+            from hcframe.config import build_dataset
             from hcframe.recipe import RecipeError, load_recipe
 
             try:
                 recipe = load_recipe(path, overrides)
+                dataset = build_dataset(recipe)  # errors name the recipe's key
             except RecipeError as exc:
                 _error(str(exc))
-            clips = clips_from_dataset(recipe.build_dataset(), num_clips)
+            if checkpoint is not None or (not out.lower().endswith(".gif") and _draws_part_maps(recipe)):
+                written, count = comparison_sheet(recipe, out, num_clips, checkpoint)
+                click.echo(f"wrote {written} ({count} clips)")
+                return
+            clips = clips_from_dataset(dataset, num_clips)
         written = contact_sheet(clips, out)
     except (ValueError, FileNotFoundError) as exc:
         _error(str(exc))
     click.echo(f"wrote {written} ({len(clips)} clips)")
+
+
+def _draws_part_maps(recipe) -> bool:
+    """Whether a task of ``recipe`` draws part maps (overrides PretextTask.visualise)."""
+    import hcframe
+    from hcframe.registry import get_registry
+
+    registry = get_registry()
+    for spec in recipe.tasks.values():
+        factory = registry.get("task", spec.name).factory
+        if isinstance(factory, type) and getattr(factory, "visualise", None) is not hcframe.PretextTask.visualise:
+            return True
+    return False

@@ -1,4 +1,9 @@
-"""Contact sheets: a few clips' frames with their part maps overlaid, as a PNG (or animated GIF)."""
+"""Contact sheets: a few clips' frames with their part maps overlaid, as a PNG (or animated GIF),
+and, for a recipe whose tasks draw part maps, the ground truth, the teacher and the student side
+by side (:func:`comparison_sheet`).
+
+Colours, overlay and legend are the core's (:mod:`hcframe.visualise`: SCHP's palette).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,14 @@ from typing import Sequence
 import attrs
 import av
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFont
+
+from hcframe.visualise import legend_strip, overlay, schp_palette
 
 from hcframe_video.partmaps import LIP_LABELS, UNKNOWN
 
-__all__ = ["ClipToShow", "LIP_PALETTE", "clips_from_dataset", "clips_from_world", "colour_labels", "contact_sheet"]
-
-#: One RGB colour per LIP label (index order); background black.
-LIP_PALETTE = np.array([
-    (0, 0, 0), (128, 0, 0), (255, 0, 0), (0, 85, 0), (170, 0, 51), (255, 85, 0), (0, 0, 85), (0, 119, 221),
-    (85, 85, 0), (0, 85, 85), (85, 51, 0), (52, 86, 128), (0, 128, 0), (0, 0, 255), (51, 170, 221),
-    (0, 255, 255), (85, 255, 170), (170, 255, 85), (255, 255, 0), (255, 170, 0),
-], dtype=np.uint8)  # fmt: skip
-UNKNOWN_COLOUR = np.array((128, 128, 128), dtype=np.uint8)
+__all__ = ["ClipToShow", "clips_from_dataset", "clips_from_world", "comparison_sheet", "contact_sheet"]
 
 
 @attrs.frozen
@@ -32,30 +32,8 @@ class ClipToShow:
     caption: str
 
 
-def colour_labels(labels: np.ndarray, palette: np.ndarray = LIP_PALETTE) -> np.ndarray:
-    """``[..., h, w]`` label ids -> ``[..., h, w, 3]`` colours (unknown 255 grey; other ids past the
-    palette wrap around it)."""
-    labels = np.asarray(labels).astype(np.int64)
-    out = palette[labels % len(palette)]
-    out[labels == UNKNOWN] = UNKNOWN_COLOUR
-    return out
-
-
-def _nearest_resize(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of ``[T, h, w]`` to ``[T, height, width]``."""
-    h, w = labels.shape[-2:]
-    rows = np.minimum((np.arange(height) + 0.5) * h / height, h - 1).astype(np.int64)
-    cols = np.minimum((np.arange(width) + 0.5) * w / width, w - 1).astype(np.int64)
-    return labels[:, rows][:, :, cols]
-
-
-def _overlay(frames: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """Blend label colours over the frames; background (0) stays as it is."""
-    labels = _nearest_resize(labels, frames.shape[1], frames.shape[2])
-    colours = colour_labels(labels).astype(np.float32)
-    blend = (1 - alpha) * frames.astype(np.float32) + alpha * colours
-    out = np.where((labels != 0)[..., None], blend, frames.astype(np.float32))
-    return np.round(out).astype(np.uint8)
+def _overlay(frames: np.ndarray, labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    return overlay(frames, labels, palette)
 
 
 def clips_from_world(root: str | Path, num_clips: int = 6, subset: str = "train") -> list[ClipToShow]:
@@ -110,23 +88,8 @@ def _font() -> ImageFont.ImageFont:
     return ImageFont.load_default()
 
 
-def _legend(label_ids: Sequence[int], width: int, names: Sequence[str]) -> Image.Image:
-    font = _font()
-    swatch, pad, row_h = 12, 6, 16
-    items = [(int(k), names[k] if k < len(names) else str(k)) for k in label_ids]
-    x, y, positions = pad, pad, []
-    for k, name in items:
-        w = swatch + 4 + int(font.getlength(name)) + 12
-        if x + w > width and x > pad:
-            x, y = pad, y + row_h
-        positions.append((x, y, k, name))
-        x += w
-    image = Image.new("RGB", (width, y + row_h + pad), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    for x, y, k, name in positions:
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=tuple(int(c) for c in LIP_PALETTE[k % len(LIP_PALETTE)]), outline=(0, 0, 0))
-        draw.text((x + swatch + 4, y), name, fill=(0, 0, 0), font=font)
-    return image
+def _legend(label_ids: Sequence[int], width: int, names: Sequence[str], palette: np.ndarray) -> Image.Image:
+    return Image.fromarray(legend_strip([int(k) for k in label_ids if int(k) != 0], names, width, palette))
 
 
 def contact_sheet(clips: Sequence[ClipToShow], out: str | Path, max_frames: int = 8, scale: int = 0,
@@ -141,6 +104,7 @@ def contact_sheet(clips: Sequence[ClipToShow], out: str | Path, max_frames: int 
     h, w = clips[0].frames.shape[1:3]
     scale = scale or max(1, -(-96 // min(h, w)))
     present = sorted({int(v) for c in clips if c.labels is not None for v in np.unique(c.labels) if v != UNKNOWN})
+    palette = schp_palette(len(label_names))
     font = _font()
     gap, caption_h = 4, 14
 
@@ -151,7 +115,7 @@ def contact_sheet(clips: Sequence[ClipToShow], out: str | Path, max_frames: int 
         length = max(len(c.frames) for c in clips)
         cell_w = 2 * w * scale + gap
         width = len(clips) * (cell_w + gap) + gap
-        legend = _legend(present, width, label_names)
+        legend = _legend(present, width, label_names, palette)
         pages = []
         for t in range(length):
             page = Image.new("RGB", (width, caption_h + h * scale + 2 * gap + legend.height), (255, 255, 255))
@@ -162,7 +126,7 @@ def contact_sheet(clips: Sequence[ClipToShow], out: str | Path, max_frames: int 
                 draw.text((x, 1), clip.caption.split()[0], fill=(0, 0, 0), font=font)
                 page.paste(Image.fromarray(up(clip.frames[k])), (x, caption_h))
                 if clip.labels is not None:
-                    over = _overlay(clip.frames[k : k + 1], clip.labels[min(k, len(clip.labels) - 1)][None])[0]
+                    over = _overlay(clip.frames[k : k + 1], clip.labels[min(k, len(clip.labels) - 1)][None], palette)[0]
                     page.paste(Image.fromarray(up(over)), (x + w * scale + gap, caption_h))
             page.paste(legend, (0, caption_h + h * scale + 2 * gap))
             pages.append(page)
@@ -183,10 +147,10 @@ def contact_sheet(clips: Sequence[ClipToShow], out: str | Path, max_frames: int 
             x = gap + j * (w * scale + gap)
             block.paste(Image.fromarray(up(clip.frames[k])), (x, caption_h))
             if clip.labels is not None:
-                over = _overlay(clip.frames[k : k + 1], clip.labels[min(k, len(clip.labels) - 1)][None])[0]
+                over = _overlay(clip.frames[k : k + 1], clip.labels[min(k, len(clip.labels) - 1)][None], palette)[0]
                 block.paste(Image.fromarray(up(over)), (x, caption_h + h * scale + gap))
         rows.append(block)
-    legend = _legend(present, width, label_names)
+    legend = _legend(present, width, label_names, palette)
     sheet = Image.new("RGB", (width, sum(r.height for r in rows) + legend.height + gap), (255, 255, 255))
     y = 0
     for block in rows:
@@ -196,3 +160,70 @@ def contact_sheet(clips: Sequence[ClipToShow], out: str | Path, max_frames: int 
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+# --- ground truth, teacher and student side by side --------------------------------------------
+def _middle_labels(parts: "torch.Tensor") -> np.ndarray:
+    """Transformed part probabilities ``[B, K, T, h, w]`` -> labels ``[B, h, w]`` of the middle
+    frame (255 where no class has mass)."""
+    mid = parts[:, :, parts.shape[2] // 2].float()
+    labels = mid.argmax(dim=1).to(torch.uint8)
+    labels[mid.sum(dim=1) < 0.5] = UNKNOWN
+    return labels.numpy()
+
+
+def comparison_sheet(recipe, out: str | Path, num_clips: int = 4, checkpoint: str | Path | None = None) -> tuple[Path, int]:
+    """For ``num_clips`` videos spread over the recipe's dataset, as the engine loads and
+    transforms them (the deterministic evaluation transform): the middle frame, the dataset's
+    ground-truth part maps (when it has them), and what each task that draws part maps shows
+    (:meth:`hcframe.PretextTask.visualise`: the parsing task's teacher, cached or run online, and
+    its student). The student is the model of ``checkpoint``; without one it is left out (a
+    random initialisation predicts nothing). Writes a PNG; returns it and the number of clips."""
+    from hcframe.data import BadVideo, collate
+    from hcframe.engine.trainer import build_model
+    from hcframe.evaluation.runner import load_model_weights
+    from hcframe.visualise import label_map_grid, stack_images
+    from hcframe import LabelMaps
+
+    model = build_model(recipe)
+    if checkpoint is not None:
+        load_model_weights(model, Path(checkpoint), recipe)
+    if not model.can_visualise():
+        raise ValueError(f"{recipe.source}: no task of the recipe draws part maps (e.g. parsing_distill); show its dataset without --checkpoint")
+    dataset = recipe.build_dataset()
+    dataset.num_views = model.num_views
+    for task in model.tasks.values():
+        if "parts" in task.needs:
+            dataset.target_store = task.target_store(dataset)
+    transform = recipe.transform.build()
+    n = len(dataset)
+    indices = sorted({int(k * n / num_clips) for k in range(min(num_clips, n))})
+    samples = [(i, dataset[(i, 0)]) for i in indices]
+    good = [(i, s) for i, s in samples if not isinstance(s, BadVideo)]
+    if not good:
+        raise ValueError("every video picked failed to decode")
+    batch = transform(collate([s for _, s in good]), train=False)
+    shown = model.visualise(batch, max_clips=len(good))
+    ground_truth = None
+    getter = getattr(dataset, "ground_truth_parts", None)
+    if getter is not None:  # the same clips again, with the world's own part maps
+        dataset.target_store = getter()
+        truth = transform(collate([dataset[(i, 0)] for i, _ in good]), train=False)
+        ground_truth = _middle_labels(truth["parts"][0])
+    captions = []
+    for i, sample in good:
+        label = int(sample["label"])
+        name = dataset.class_names[label] if 0 <= label < len(getattr(dataset, "class_names", ())) else ""
+        captions.append(name or dataset.video_id(i))
+    grids = []
+    for task, maps in shown.items():
+        sources = dict(maps.maps)
+        if checkpoint is None:
+            sources.pop("student", None)
+        if ground_truth is not None and "ground truth" not in sources:
+            sources = {"ground truth": torch.from_numpy(ground_truth), **sources}
+        grids.append(label_map_grid(LabelMaps(maps.frames, sources, maps.label_names, captions), title=f"task {task}"))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(stack_images(grids, gap=8)).save(out)
+    return out, len(good)

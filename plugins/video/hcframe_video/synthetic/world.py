@@ -155,31 +155,32 @@ def _standing(n: int) -> Pose:
     }
 
 
-def _walk(u: np.ndarray, cycles: np.ndarray, d: float, side: int) -> Pose:
+def _stride(u: np.ndarray, d: float, hip: float, knee: float, knee_lag: float, arm: float, elbow: float) -> Pose:
+    """The legs and arms of a walking or running stride: thighs swing by ``hip`` degrees in
+    counter-phase, each knee bends up to ``knee`` degrees ``knee_lag`` radians after its thigh,
+    the arms swing ``arm`` times the thighs' swing against them, elbows bent by ``elbow`` degrees."""
     w = 2 * math.pi * u
     p = _standing(len(u))
-    swing = 25 * DEG * np.sin(w)
+    swing = hip * DEG * np.sin(w)
     p["leg_up"] = np.stack([d * swing, -d * swing])
-    knee = 25 * DEG * np.clip(-np.sin(w - 0.6), 0, None), 25 * DEG * np.clip(np.sin(w - 0.6), 0, None)
-    p["leg_low"] = np.stack([p["leg_up"][0] - d * knee[0], p["leg_up"][1] - d * knee[1]])
-    p["arm_up"] = np.stack([-0.8 * d * swing, 0.8 * d * swing])
-    p["arm_fore"] = p["arm_up"] + d * 15 * DEG
-    p["drop"] = 0.015 * (1 - np.cos(2 * w))
+    bend = knee * DEG * np.clip(-np.sin(w - knee_lag), 0, None), knee * DEG * np.clip(np.sin(w - knee_lag), 0, None)
+    p["leg_low"] = np.stack([p["leg_up"][0] - d * bend[0], p["leg_up"][1] - d * bend[1]])
+    p["arm_up"] = np.stack([-arm * d * swing, arm * d * swing])
+    p["arm_fore"] = p["arm_up"] + d * elbow * DEG
+    return p
+
+
+def _walk(u: np.ndarray, cycles: np.ndarray, d: float, side: int) -> Pose:
+    p = _stride(u, d, hip=25, knee=25, knee_lag=0.6, arm=0.8, elbow=15)
+    p["drop"] = 0.015 * (1 - np.cos(2 * (2 * math.pi * u)))
     p["travel"] = d * 0.35 * cycles
     return p
 
 
 def _run(u: np.ndarray, cycles: np.ndarray, d: float, side: int) -> Pose:
-    w = 2 * math.pi * u
-    p = _standing(len(u))
-    swing = 42 * DEG * np.sin(w)
-    p["leg_up"] = np.stack([d * swing, -d * swing])
-    knee = 70 * DEG * np.clip(-np.sin(w - 0.4), 0, None), 70 * DEG * np.clip(np.sin(w - 0.4), 0, None)
-    p["leg_low"] = np.stack([p["leg_up"][0] - d * knee[0], p["leg_up"][1] - d * knee[1]])
-    p["arm_up"] = np.stack([-0.9 * d * swing, 0.9 * d * swing])
-    p["arm_fore"] = p["arm_up"] + d * 85 * DEG
+    p = _stride(u, d, hip=42, knee=70, knee_lag=0.4, arm=0.9, elbow=85)
     p["lean"] = d * 12 * DEG + 0 * u
-    p["drop"] = 0.05 * np.abs(np.cos(w))
+    p["drop"] = 0.05 * np.abs(np.cos(2 * math.pi * u))
     p["travel"] = d * 0.5 * cycles
     return p
 
