@@ -59,7 +59,8 @@ class SupervisedClassification(PretextTask):
         assert self.head is not None, "setup() was not called"
         logits = self.head(inp.features[0].pooled)
         labels = inp.batch["label"]
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        # log-softmax in float32 whatever autocast made of the logits (bf16 keeps 8 significant bits)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         with torch.no_grad():
             acc = (logits.argmax(1) == labels).float().mean()
         return TaskOutput({"ce": loss}, {"acc": acc})
@@ -91,4 +92,5 @@ class OnlineLinearProbe(PretextTask):
         labels = inp.batch["label"]
         with torch.no_grad():
             acc = (logits.argmax(1) == labels).float().mean()
-        return TaskOutput({"ce": F.cross_entropy(logits, labels)}, {"acc": acc})
+        # log-softmax in float32 whatever autocast made of the logits (bf16 keeps 8 significant bits)
+        return TaskOutput({"ce": F.cross_entropy(logits.float(), labels)}, {"acc": acc})

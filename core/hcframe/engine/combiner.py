@@ -91,10 +91,13 @@ class TaskCombiner(nn.Module):
         """Returns the total and, per task, its weighted contribution (with regulariser)."""
         parts: dict[str, Tensor] = {}
         for i, name in enumerate(self.task_names):
+            # float32 whatever a task returned under autocast: the sum of several losses and, with
+            # learned weights, exp(-s) * L + s would round to 8 significant bits in bfloat16
+            loss = task_losses[name].float()
             if self.weighting == "uncertainty":
-                parts[name] = torch.exp(-self.log_vars[i]) * task_losses[name] + self.log_vars[i]
+                parts[name] = torch.exp(-self.log_vars[i].float()) * loss + self.log_vars[i].float()
             else:
-                parts[name] = self.fixed[name] * task_losses[name]
+                parts[name] = self.fixed[name] * loss
         total = torch.stack(list(parts.values())).sum()
         return total, parts
 

@@ -123,7 +123,8 @@ class PlaybackSpeedPrediction(hcframe.PretextTask):
         labels = torch.randint(len(self.speeds), (view.shape[0],), device=view.device)
         clips = resample_at_speeds(view, self.speed_values[labels], self.frames, self.random_start)
         logits = self.head(inp.encoder(clips).pooled)
-        loss = F.cross_entropy(logits, labels)
+        # log-softmax in float32 whatever autocast made of the logits (bf16 keeps 8 significant bits)
+        loss = F.cross_entropy(logits.float(), labels)
         with torch.no_grad():
             acc = (logits.argmax(1) == labels).float().mean()
         return hcframe.TaskOutput({"ce": loss}, {"acc": acc, "chance": 1.0 / len(self.speeds)})

@@ -69,7 +69,9 @@ class ParsingHead(hcframe.Head):
         )
 
     def forward(self, features: Tensor) -> Tensor:
-        logits = self.body(features)
+        # float32 from the classifier on (also under autocast): the KL's log-softmax and the argmax
+        # metrics read these logits, and bfloat16 would round them to 8 significant bits.
+        logits = self.body(features).float()
         if self.upsample > 1:
             logits = F.interpolate(logits, scale_factor=(1, self.upsample, self.upsample), mode="trilinear", align_corners=False)
         return logits
@@ -78,6 +80,8 @@ class ParsingHead(hcframe.Head):
 def align_targets(parts: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
     """Per-frame probabilities ``[B, K, T, h, w]`` -> (distribution ``[B, K, t, h', w']`` renormalised
     over the pixels that have a target, valid mask ``[B, t, h', w']``) on ``grid = (t, h', w')``."""
+    # Area averages in float32: the maps arrive as float16 and the cell masses are compared with
+    # MIN_TARGET_MASS (average pooling is never lowered to bf16/fp16 by autocast).
     pooled = F.adaptive_avg_pool3d(parts.float(), grid)
     mass = pooled.sum(dim=1)
     valid = mass > MIN_TARGET_MASS
@@ -88,6 +92,8 @@ def align_targets(parts: Tensor, grid: tuple[int, int, int]) -> tuple[Tensor, Te
 def distill_loss(student_logits: Tensor, target: Tensor, valid: Tensor, loss: str = "kl", temperature: float = 1.0) -> Tensor:
     """Mean over valid cells; ``student_logits``/``target`` ``[B, K, ...]``, ``valid`` ``[B, ...]``.
     Returns 0 (with a graph) when no cell is valid."""
+    # float32 by construction (whatever autocast made of the logits): softmax / log-softmax, the
+    # temperature power and xlogy lose the KL's small terms in bfloat16 and overflow in float16.
     logits = student_logits.float().movedim(1, -1)[valid]  # [M, K]
     q = target.float().movedim(1, -1)[valid]
     if logits.shape[0] == 0:
@@ -302,6 +308,7 @@ class ParsingDistillation(hcframe.PretextTask):
         losses = {"distill": distill_loss(logits, dist, valid, self.loss_kind, self.temperature)}
         if use_features:
             assert self.adapter is not None and teacher_feats is not None
+            # L2 normalisation and the squared distance in float32 (the adapter ran under autocast)
             student = F.normalize(self.adapter(fmap).float(), dim=1)
             target_feats = F.normalize(F.adaptive_avg_pool3d(teacher_feats, tuple(fmap.shape[-3:])), dim=1)
             losses["feature"] = self.feature_distill_weight * (student - target_feats).pow(2).sum(dim=1).mean()
