@@ -95,7 +95,10 @@ def training_costs(recipe_path: str, overrides: list[str], steps: int, run_dir: 
 
     full = build_run(recipe_path, overrides)
     full_steps = full.recipe.train.steps
-    built = build_run(recipe_path, [*overrides, f"train.steps={steps}", "train.num_workers=0", "eval=[]",
+    # One torch thread, as `hcframe run` gives the training process beside one DataLoader worker on
+    # 2 cores (with num_workers = 0 it would take both, and on a shared machine two OpenMP threads
+    # spin-waiting for each other inflate CPU time several times over).
+    built = build_run(recipe_path, [*overrides, f"train.steps={steps}", "train.num_workers=0", "train.cpu_threads=1", "eval=[]",
                                     f"train.checkpoint_every={10 * steps}"])
     clock = Clock()
     trainer = Trainer(built, run_dir, log=lambda m: None)
@@ -120,6 +123,7 @@ def eval_costs(recipe_path: str, overrides: list[str], run_dir: Path) -> dict[st
     from hcframe.evaluation import run_evaluations
 
     built = build_run(recipe_path, overrides, train_data=False)
+    torch.set_num_threads(1)
     out: dict[str, float] = {}
     last = [cpu()]
 
