@@ -87,10 +87,9 @@ class FeatureOptions:
     grid: list[int] = attrs.field(factory=lambda: [1, 2, 2], validator=_grid)
     source: Literal["encoder", "targets"] = "encoder"
 
-    def pooling(self) -> Any:
-        from hcframe.evaluation.features import Pooling
-
-        return Pooling(self.pool, tuple(self.grid))
+    def pooling_name(self) -> str:
+        """``"global"`` or ``"grid<t>x<h>x<w>"``, as :meth:`hcframe.evaluation.features.Pooling.name`."""
+        return "global" if self.pool == "global" else "grid" + "x".join(str(int(g)) for g in self.grid)
 
 
 @attrs.frozen
@@ -249,7 +248,7 @@ class EvalSpec:
         if getattr(self.options, "source", "encoder") != "encoder":
             prefix += f"/{self.options.source}"
         if getattr(self.options, "pool", "global") != "global":
-            prefix += f"/{self.options.pooling().name()}"
+            prefix += f"/{self.options.pooling_name()}"
         return prefix
 
     def result_key(self, split: int | None) -> str:

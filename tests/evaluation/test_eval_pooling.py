@@ -105,3 +105,11 @@ def test_targets_of_a_task_without_part_targets_is_refused_before_any_work():
         build_run(recipe, train_data=False)
     assert "eval[0].source: \"targets\" but task 'sup' trains on no part targets" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_result_names_match_the_pooling_names():
+    from hcframe.eval_tables import FeatureOptions
+
+    for pool, grid in (("global", [1, 2, 2]), ("grid", [2, 4, 4]), ("grid", [1, 1, 3])):
+        assert FeatureOptions(pool=pool, grid=grid).pooling_name() == Pooling(pool, tuple(grid)).name()
+    assert Pooling("grid", (2, 4, 4)).name() == "grid2x4x4" and Pooling().name() == "global"

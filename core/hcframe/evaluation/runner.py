@@ -19,7 +19,7 @@ from hcframe.config import BuiltRun, EvalDatasetKey, build_run, resolve_device
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
-from hcframe.evaluation.features import encoder_fingerprint, load_or_extract_features
+from hcframe.evaluation.features import Pooling, encoder_fingerprint, load_or_extract_features
 from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
@@ -77,7 +77,7 @@ class _Context:
         fs, _, _ = load_or_extract_features(
             self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
             fingerprint=None if targets else self.fingerprint(spec.branch), batch_size=spec.batch_size,
-            num_workers=spec.num_workers, precision=self.precision, pooling=spec.options.pooling(),
+            num_workers=spec.num_workers, precision=self.precision, pooling=Pooling(spec.options.pool, tuple(spec.options.grid)),
             targets=targets, targets_identity=identity, registry=self.registry, log=self.log,
             progress=self.progress, dataset=built,
         )
