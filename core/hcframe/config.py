@@ -224,6 +224,7 @@ def _build(recipe: Recipe, registry: Registry, log: Callable[[str], None] | None
     transform = construct(recipe.transform, registry)
     dataset = _build_train_data(recipe, model, transform, world, registry, check_only) if train_data else None
     hooks = [construct(spec, registry) for spec in recipe.hooks]
+    _check_eval_sources(recipe, model)
     eval_datasets = _build_eval_data(recipe, registry, check_only, world)
     return BuiltRun(
         recipe=recipe, device=device, world_size=world, model=model, transform=transform,
@@ -340,6 +341,14 @@ def _check_labels(where: str, task: Any, dataset: VideoDataset | DatasetCheck, d
     predicted = getattr(task, "num_classes", None)
     if isinstance(predicted, int) and predicted < classes:
         raise RecipeError(f"{where}.num_classes: {predicted}, but dataset {dataset_name!r} has {classes} classes; set num_classes = {classes}")
+
+
+def _check_eval_sources(recipe: Recipe, model: MultiTaskModel) -> None:
+    """``source = "targets"`` reads the part targets of the task named by ``branch``: it must train on some."""
+    for spec in recipe.eval_specs:
+        if getattr(spec.options, "source", "encoder") == "targets" and "parts" not in model.tasks[spec.branch].needs:
+            raise RecipeError(f"{spec.where}.source: \"targets\" but task {spec.branch!r} trains on no part targets; "
+                              "name a distillation task in branch, or use source = \"encoder\"")
 
 
 def _build_eval_data(recipe: Recipe, registry: Registry, check_only: bool, world: int = 1) -> dict[EvalDatasetKey, VideoDataset]:

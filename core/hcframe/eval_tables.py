@@ -48,6 +48,7 @@ __all__ = [
     "COMMON_KEYS",
     "PROTOCOL_OPTIONS",
     "EvalSpec",
+    "FeatureOptions",
     "FinetuneOptions",
     "LinearProbeOptions",
     "MultiviewOptions",
@@ -62,9 +63,37 @@ def _positive_list(instance: Any, attribute: attrs.Attribute, value: Any) -> Non
         raise ValueError(f"{attribute.name}: must be a non-empty list of positive integers, got {list(value)}")
 
 
+def _grid(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if len(value) != 3 or any(v <= 0 for v in value):
+        raise ValueError(f"{attribute.name}: expected three positive cell counts [t, h, w], got {list(value)}")
+
+
 # --- protocol options ----------------------------------------------------------------------------
 @attrs.frozen
-class LinearProbeOptions:
+class FeatureOptions:
+    """Where the frozen features of the linear probe, multi-view test and retrieval come from.
+
+    ``pool``: ``"global"`` (the encoder's spatio-temporal average) or ``"grid"``: the average over
+    each cell of a ``grid = [t, h, w]`` partition of the feature map, concatenated (``t*h*w`` times
+    as many features; the probe also sees where something is, e.g. the arms above the head).
+    ``source``: ``"encoder"``, or ``"targets"``: instead of the encoder's features, the part
+    targets that the distillation task named by ``branch`` trains on (its teacher cache, or the
+    synthetic world's ground truth), pooled the same way: the probe's ceiling for what that
+    teacher's output says about the action. Non-default choices are added to the result name:
+    ``<protocol>/<test data>/<branch>[/targets][/grid<t>x<h>x<w>]``.
+    """
+
+    pool: Literal["global", "grid"] = "global"
+    grid: list[int] = attrs.field(factory=lambda: [1, 2, 2], validator=_grid)
+    source: Literal["encoder", "targets"] = "encoder"
+
+    def pooling_name(self) -> str:
+        """``"global"`` or ``"grid<t>x<h>x<w>"``, as :meth:`hcframe.evaluation.features.Pooling.name`."""
+        return "global" if self.pool == "global" else "grid" + "x".join(str(int(g)) for g in self.grid)
+
+
+@attrs.frozen
+class LinearProbeOptions(FeatureOptions):
     """Linear probe on frozen features.
 
     Features are extracted once per video (the mean over the views the dataset returns: for the
@@ -89,7 +118,7 @@ class LinearProbeOptions:
 
 
 @attrs.frozen
-class MultiviewOptions:
+class MultiviewOptions(FeatureOptions):
     """Multi-view testing of the linear probe: the same classifier as :class:`LinearProbeOptions`
     (trained on the training videos' view-averaged features), applied to every test view alone.
     Reports ``clip_top1`` (each view scored alone), and ``top1`` / ``top5`` of the video-level
@@ -103,7 +132,7 @@ class MultiviewOptions:
 
 
 @attrs.frozen
-class RetrievalOptions:
+class RetrievalOptions(FeatureOptions):
     """Nearest-neighbour video retrieval (the protocol of Xu et al., CVPR 2019, used by most video
     self-supervised papers): each test video (features averaged over its views) queries the
     training videos by cosine similarity; ``R@k`` is the fraction of queries whose ``k`` nearest
@@ -212,11 +241,17 @@ class EvalSpec:
         return list(self.datasets)
 
     def result_prefix(self) -> str:
-        """``label``, or ``<protocol>/<test dataset name>/<branch>``."""
+        """``label``, or ``<protocol>/<test dataset name>/<branch>`` (+ ``/targets``, ``/grid<t>x<h>x<w>``
+        for those feature options)."""
         if self.label:
             return self.label
         test = next(iter(self.datasets.values()))[1]
-        return f"{self.protocol}/{test.name}/{self.branch}"
+        prefix = f"{self.protocol}/{test.name}/{self.branch}"
+        if getattr(self.options, "source", "encoder") != "encoder":
+            prefix += f"/{self.options.source}"
+        if getattr(self.options, "pool", "global") != "global":
+            prefix += f"/{self.options.pooling_name()}"
+        return prefix
 
     def result_key(self, split: int | None) -> str:
         """The key of this evaluation's results for ``split`` in ``summary.json["eval"]``."""
@@ -297,6 +332,8 @@ def _parse_one(index: int, table: Any, registry: Registry, branches: list[str]) 
         else None
     )
     options = build_engine_table(options_cls, {k: v for k, v in table.items() if k in option_names}, where)
+    if getattr(options, "source", "encoder") == "targets" and branch == "concat":
+        raise RecipeError(f"{where}.branch: source = \"targets\" reads the part targets of one task; set branch to that task's name")
     spec = EvalSpec(
         index=index,
         protocol=protocol,

@@ -91,3 +91,40 @@ def test_an_online_teacher_is_run_on_the_clips_it_shows(tmp_path, tiny_parser_fi
     probs, _ = task.online_targets({k: (v[:2] if k == "views" else v) for k, v in batch.items()} | {"views": [batch["views"][0][:2]]})
     assert torch.equal(shown.maps["teacher"], probs[:, :, 2].argmax(dim=1).to(torch.uint8))
     assert shown.maps["teacher"].shape == (2, *batch["views"][0].shape[-2:])
+
+
+def test_probe_on_ground_truth_part_targets_pools_the_world_s_own_maps(tmp_path):
+    """[[eval]] source = "targets": the features are the task's part targets pooled on the grid,
+    equal to one-hot cell fractions recomputed from the world's rendered label maps."""
+    import numpy as np
+
+    from hcframe.engine.trainer import build_model
+    from hcframe.evaluation import run_evaluations
+    from hcframe.recipe import parse_recipe
+    from hcframe_video.synthetic.world import WorldConfig, render_video
+
+    world = {"name": "synthetic_humans", "root": str(tmp_path / "world"), "num_train": 12, "num_test": 6,
+             "num_frames": 8, "workers": 1, "clips": {"clip_len": 4, "mode": "test", "num_clips": 1, "num_crops": 1}}
+    raw = {
+        "data": {**world, "clips": {"clip_len": 4}},
+        "transform": {"name": "normalize"},
+        "model": {"encoder": {"name": "r2plus1d_18", "width": 4, "blocks": [1, 1, 1, 1]}},
+        "tasks": {"parsing": {"name": "parsing_distill", "teacher": {"name": "synthetic_ground_truth"}}},
+        "train": {"steps": 0, "device": "cpu"},
+        "eval": [{"protocol": "linear_probe", "branch": "parsing", "source": "targets", "pool": "grid", "grid": [1, 2, 2],
+                  "train_data": {**world, "subset": "train"}, "test_data": {**world, "subset": "test"}}],
+    }
+    recipe = parse_recipe(raw)
+    model = build_model(recipe)
+    results = run_evaluations(recipe, model, tmp_path / "run", device=torch.device("cpu"), log=lambda m: None)
+    metrics = results["linear_probe/synthetic_humans/parsing/targets/grid1x2x2"]
+    assert metrics["num_train"] == 12 and metrics["num_test"] == 6 and 0.0 <= metrics["top1"] <= 1.0
+    cached = [torch.load(p, weights_only=True) for p in (tmp_path / "run" / "features").glob("*.pt")]
+    test = next(c for c in cached if len(c["video_ids"]) == 6)
+    assert test["features"].shape == (6, 1, 20 * 4)
+    config = WorldConfig(num_frames=8)  # the world's look: defaults, as in the dataset table
+    for i in range(6):
+        labels = render_video(config, 0, "test", i).labels[2:6]  # the centre 4-frame clip of 8 frames
+        onehot = (labels[None] == np.arange(20)[:, None, None, None]).astype(np.float64)  # [K, T, H, W]
+        cells = onehot.reshape(20, 4, 2, 16, 2, 16).mean(axis=(1, 3, 5))  # [K, 2, 2] quadrant fractions
+        np.testing.assert_allclose(test["features"][i, 0].double().numpy(), cells.reshape(-1), atol=1e-6)

@@ -13,7 +13,7 @@ the usual single representation (for ablations).
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -141,17 +141,20 @@ class MultiTaskModel(nn.Module):
         params = branch + list(self.tasks[task].parameters())
         return [p for p in params if p.requires_grad]
 
-    def encode(self, clips: Tensor, branch: str = "concat") -> Tensor:
+    def encode(self, clips: Tensor, branch: str = "concat", pool: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Pooled representation for evaluation: one task's branch, or all branches concatenated
-        (``"concat"``; with ``split = "none"`` every branch is the same, so one is returned)."""
+        (``"concat"``; with ``split = "none"`` every branch is the same, so one is returned).
+        ``pool`` maps each feature map ``[B, D, t, h, w]`` to ``[B, E]`` (default: the encoder's own
+        pooling)."""
+        pool = pool or self._pool
         shared = self.trunk(clips)
         if branch == "concat":
             if self.split == "none":
-                return self._pool(shared)
-            return torch.cat([self._pool(b(shared)) for b in self.branches.values()], dim=1)
+                return pool(shared)
+            return torch.cat([pool(b(shared)) for b in self.branches.values()], dim=1)
         if branch not in self.branches:
             raise ValueError(f"no branch {branch!r}; branches are {', '.join(self.branches)} or 'concat'")
-        return self._pool(self.branches[branch](shared))
+        return pool(self.branches[branch](shared))
 
     def representation_dim(self, branch: str = "concat") -> int:
         if branch == "concat" and self.split != "none":

@@ -10,6 +10,8 @@ on a checkpoint (``hcframe eval RECIPE --checkpoint P``, results in ``<run dir>/
     train_data = { name = "ucf101", root = "data/ucf101", subset = "train", clips = { mode = "test", num_clips = 1, num_crops = 1 } }
     test_data = { name = "ucf101", root = "data/ucf101", subset = "test", clips = { mode = "test", num_clips = 10, num_crops = 3 } }
     splits = [1, 2, 3]                 # each split, then their mean
+    pool = "grid"                      # optional: cell means on a grid = [t, h, w] (default "global")
+    # source = "targets" with branch = "<a parsing task>": pool that task's part targets instead
 
 Results: ``{"linear_probe/ucf101/concat/split1": {"top1": 0.61, "top5": 0.85, ...}, ...,
 "linear_probe/ucf101/concat/mean": {...}}``; accuracies and recalls are fractions in [0, 1]

@@ -4,8 +4,9 @@ A cache file ``<cache_dir>/<key>.pt`` holds the features of one dataset under on
 is the SHA-256 of a JSON description of everything the features depend on: the weights of the
 encoder path (shared trunk and the branches ``branch`` uses, buffers included), the branch, the
 dataset component table (which fixes the split and the views: test mode, clips, crops), the
-evaluation transform's table, the device type and the autocast precision. The description is
-stored in the file and checked on load, so a hash collision or a stale file is never used.
+evaluation transform's table, the pooling, the device type and the autocast precision. The
+description is stored in the file and checked on load, so a hash collision or a stale file is never
+used.
 
 Under torchrun every process extracts a share of the videos (:func:`batch_shard`: the batches of
 one process's iteration, dealt out in turn, so each video is encoded in the very batch it would be
@@ -17,6 +18,11 @@ Each file's size and SHA-256 are recorded beside it when it is written (``<key>.
 see :func:`hcframe.files.record_digest`); a file that does not match them (damaged, truncated,
 replaced, or written before records were kept), does not load or does not have the cache's
 structure is extracted again, with one log line saying why.
+
+Features come from the encoder (``source = "encoder"``) or, for a ceiling to compare against, from
+the per-frame part targets a distillation task trains on (``source = "targets"``: the teacher's
+cached maps, or a synthetic world's ground truth), pooled the same way: what a linear probe can
+read from the teacher's output alone.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Callable, Iterator
 
 import attrs
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -40,6 +47,7 @@ from hcframe.progress import ProgressBar
 
 __all__ = [
     "FeatureSet",
+    "Pooling",
     "TestViews",
     "batch_shard",
     "device_views",
@@ -52,6 +60,41 @@ __all__ = [
 ]
 
 CACHE_FORMAT = 1
+#: Feature sources: the encoder, or the part targets of a distillation task (a probe's ceiling).
+SOURCES = ("encoder", "targets")
+
+
+@attrs.frozen
+class Pooling:
+    """How a feature map ``[B, D, t, h, w]`` becomes one vector per clip.
+
+    ``"global"``: the mean over time and space (encoder features use the encoder's own pooling,
+    that mean for every shipped encoder), ``D`` values, which say what fired but not where. ``"grid"``: the mean over each cell of a
+    ``grid = (t, h, w)`` partition of the map (``adaptive_avg_pool3d``: cells as equal as the map's
+    size allows; a grid finer than the map repeats cells), flattened channel-major to ``D * t * h * w``
+    values, so a linear probe also sees where in the clip a feature fired.
+    """
+
+    kind: str = "global"
+    grid: tuple[int, int, int] = (1, 2, 2)
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in ("global", "grid"):
+            raise ValueError(f"pool: expected 'global' or 'grid', got {self.kind!r}")
+        if len(self.grid) != 3 or any(int(g) < 1 for g in self.grid):
+            raise ValueError(f"grid: expected three positive sizes [t, h, w], got {list(self.grid)}")
+
+    def name(self) -> str:
+        """``"global"`` or ``"grid<t>x<h>x<w>"`` (in result keys and cache descriptions)."""
+        return "global" if self.kind == "global" else "grid" + "x".join(str(int(g)) for g in self.grid)
+
+    def __call__(self, feature_map: Tensor) -> Tensor:
+        if self.kind == "global":
+            return feature_map.mean(dim=(2, 3, 4))
+        return F.adaptive_avg_pool3d(feature_map, tuple(int(g) for g in self.grid)).flatten(1)
+
+
+GLOBAL_POOLING = Pooling()
 
 
 @attrs.frozen
@@ -146,6 +189,8 @@ class TestViews:
         self.description = description or f"{type(dataset).__name__}: {len(dataset)} videos"
 
     def __iter__(self) -> Iterator[tuple[list[Tensor], dict[str, Any]]]:
+        from hcframe.engine.trainer import to_device
+
         with ProgressBar(self.description, len(self.loader), terminal=self.progress, log=self.log, unit="batches") as bar:
             for batch in self.loader:
                 bar.advance()
@@ -154,7 +199,10 @@ class TestViews:
                     self.log(f"skipping unreadable video {b.path}: {b.reason}")
                 self.num_bad += len(bad)
                 if "views" in batch:
-                    yield device_views(batch, self.transform, self.device, train=False), batch
+                    out = self.transform(to_device(batch, self.device), train=False)
+                    if "parts" in out:  # the part maps as the transform aligned them with the views
+                        batch["parts"] = out["parts"]
+                    yield out["views"], batch
 
 
 def gather_in_dataset_order(indices: Tensor | None, *tensors: Tensor | None) -> tuple[Tensor | None, ...]:
@@ -185,10 +233,14 @@ def extract_features(
     batch_size: int = 8,
     num_workers: int = 0,
     precision: str = "auto",
+    pooling: Pooling = GLOBAL_POOLING,
+    source: str = "encoder",
     log: Callable[[str], None] = lambda m: None,
     progress: bool = False,
 ) -> FeatureSet:
-    """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``.
+    """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``, pooled by
+    ``pooling``; with ``source = "targets"``, pool each view's part targets instead (the dataset's
+    ``target_store`` must be set).
 
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
     Videos that cannot be read are skipped and counted (each is logged once). Under torchrun each
@@ -196,14 +248,22 @@ def extract_features(
     ``progress``: a progress bar (for a terminal); otherwise progress lines go to ``log`` when it
     takes a while.
     """
+    if source not in SOURCES:
+        raise ValueError(f"source: expected one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "targets" and getattr(dataset, "target_store", None) is None:
+        raise ValueError(f"source = \"targets\": dataset {type(dataset).__name__} has no target_store to read part targets from")
+    encoder_pool = None if pooling.kind == "global" else pooling  # None: the encoder's own pooling
     readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
                          progress=progress, description=f"features ({branch}) of {len(dataset)} videos")
     features: list[Tensor] = []
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     for views, batch in readable:
-        with autocast(device, precision):
-            per_view = [model.encode(v, branch).float() for v in views]
+        if source == "targets":
+            per_view = [pooling(parts.float()) for parts in batch["parts"]]
+        else:
+            with autocast(device, precision):
+                per_view = [model.encode(v, branch, pool=encoder_pool).float() for v in views]
         features.append(torch.stack(per_view, dim=1).cpu())
         labels.append(batch["label"].view(-1).cpu().long())
         indices.append(batch["index"].view(-1).cpu().long())
@@ -234,6 +294,9 @@ def load_or_extract_features(
     batch_size: int = 8,
     num_workers: int = 0,
     precision: str = "auto",
+    pooling: Pooling = GLOBAL_POOLING,
+    targets: Callable[[Any], Any] | None = None,
+    targets_identity: Any = None,
     registry: Any = None,
     log: Callable[[str], None] = lambda m: None,
     progress: bool = False,
@@ -246,13 +309,18 @@ def load_or_extract_features(
     extracted; its ``num_views`` is set to 1 (one clip per video in train mode; test-mode
     datasets return all their views regardless). Under torchrun every
     process calls it: on a cache hit only the main process gets the features (the others None).
+    ``targets``: pool part targets instead of encoding (``source = "targets"``): called with the
+    built dataset, it returns the target store to read; ``targets_identity`` (what the targets
+    depend on) then replaces the encoder fingerprint in the cache key.
     """
     description = {
         "format": CACHE_FORMAT,
-        "encoder": fingerprint or encoder_fingerprint(model, branch),
+        "encoder": (fingerprint or encoder_fingerprint(model, branch)) if targets is None else None,
+        "targets": targets_identity if targets is not None else None,
         "branch": branch,
         "dataset": dataset_spec.to_table(),
         "transform": transform_table,
+        "pooling": pooling.name(),
         "device": device.type,
         "precision": precision,
     }
@@ -267,10 +335,14 @@ def load_or_extract_features(
         return None, path, True  # the fits run on the main process
     dataset = dataset if dataset is not None else dataset_spec.build(registry)
     dataset.num_views = 1
-    log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, branch {branch}"
+    if targets is not None:
+        dataset.target_store = targets(dataset)
+    what = f"branch {branch}" if targets is None else f"part targets of {branch}"
+    log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, {what}, {pooling.name()} pooling"
         f"{f', over {hd.world_size()} processes' if hd.is_distributed() else ''})")
-    fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size,
-                          num_workers=num_workers, precision=precision, log=log, progress=progress)
+    fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size, num_workers=num_workers,
+                          precision=precision, pooling=pooling, source="encoder" if targets is None else "targets",
+                          log=log, progress=progress)
     if hd.is_main_process():
         save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
                            "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)

@@ -24,7 +24,7 @@ from hcframe.config import BuiltRun, EvalDatasetKey, build_run, resolve_device
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
-from hcframe.evaluation.features import encoder_fingerprint, load_or_extract_features
+from hcframe.evaluation.features import Pooling, encoder_fingerprint, load_or_extract_features
 from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
@@ -78,12 +78,31 @@ class _Context:
     def features(self, spec: EvalSpec, dataset: ComponentSpec, split: int | None, role: str):
         transform, table = self.transform(spec.transform)
         built = self.datasets.get((spec.index, split, role))
+        targets, identity = (None, None) if spec.options.source == "encoder" else self.targets(spec)
         fs, _, _ = load_or_extract_features(
             self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
-            fingerprint=self.fingerprint(spec.branch), batch_size=spec.batch_size, num_workers=spec.num_workers,
-            precision=self.precision, registry=self.registry, log=self.log, progress=self.progress, dataset=built,
+            fingerprint=None if targets else self.fingerprint(spec.branch), batch_size=spec.batch_size,
+            num_workers=spec.num_workers, precision=self.precision, pooling=Pooling(spec.options.pool, tuple(spec.options.grid)),
+            targets=targets, targets_identity=identity, registry=self.registry, log=self.log,
+            progress=self.progress, dataset=built,
         )
         return fs
+
+    def targets(self, spec: EvalSpec) -> tuple[Callable[[Any], Any], Any]:
+        """``source = "targets"``: the target store of the task ``spec.branch`` for a dataset, and
+        what those targets depend on (the task's recipe table, teacher included)."""
+        task = self.model.tasks[spec.branch]
+        if "parts" not in task.needs:
+            raise ValueError(f"{spec.where}: source = \"targets\" but task {spec.branch!r} trains on no part targets")
+
+        def store(dataset: Any) -> Any:
+            found = task.target_store(dataset)
+            if found is None:
+                raise ValueError(f"{spec.where}: task {spec.branch!r} computes its targets online; source = \"targets\" "
+                                 "needs them from a store (a teacher cache, or the synthetic world's ground truth)")
+            return found
+
+        return store, self.recipe.tasks[spec.branch].to_table()
 
 
 def _train_test_features(ctx: _Context, spec: EvalSpec, split: int | None):
