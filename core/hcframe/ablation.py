@@ -75,7 +75,7 @@ class AblationRun:
     recipe_path: Path
     seed: int
     run_dir: Path
-    status: str = "pending"  # "completed" | "skipped" (completed earlier) | "failed"
+    status: str = "pending"  # "completed" | "skipped" (completed earlier) | "failed" | "not run" (collect only)
     error: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -308,6 +308,7 @@ def run_ablation(
     *,
     overrides: Sequence[str] = (),
     metrics: Sequence[str] = (),
+    collect_only: bool = False,
     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
 ) -> AblationResult:
     """Run (or skip, when completed earlier) every (recipe, seed) and aggregate the results.
@@ -315,7 +316,9 @@ def run_ablation(
     All recipes are loaded and validated before the first run starts (a bad one raises
     :class:`hcframe.recipe.RecipeError`). ``metrics`` selects the compared numbers (see
     :func:`select_metrics`; default: all). A failed run is logged, marked ``failed`` and left out
-    of the aggregates; the remaining runs still run."""
+    of the aggregates; the remaining runs still run. ``collect_only``: run nothing, aggregate the
+    runs that completed earlier (the others are marked ``not run`` and left out), for results
+    gathered from runs started one by one or on several machines."""
     from hcframe.recipe import load_recipe
     from hcframe.run import run_recipe
 
@@ -331,6 +334,10 @@ def run_ablation(
         if summary is not None:
             run.status, run.metrics = "skipped", run_metrics(summary)
             log(f"{where}: completed earlier, skipped ({run.run_dir})")
+            continue
+        if collect_only:
+            run.status = "not run"
+            log(f"{where}: not completed, left out ({run.run_dir})")
             continue
         checkpoints = run.run_dir / "checkpoints"
         resume = checkpoints.is_dir() and any(checkpoints.glob("*.pt"))
@@ -351,7 +358,7 @@ def run_ablation(
     available = [m for run in runs for m in run.metrics]
     chosen = select_metrics(available, metrics) if available else []
     names = list(dict.fromkeys(r.name for r in runs))
-    per_recipe = {name: [r.metrics for r in runs if r.name == name and r.status != "failed"] for name in names}
+    per_recipe = {name: [r.metrics for r in runs if r.name == name and r.status in ("completed", "skipped")] for name in names}
     return AblationResult(names, list(seeds), runs, chosen, aggregate(per_recipe, chosen), _final_metric_kinds(runs))
 
 

@@ -377,7 +377,10 @@ def report_command(run_dir: str, out_dir: str | None, smoothing: float) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a key in every recipe (TOML value). Repeatable.")
 @click.option("--metric", "metrics", multiple=True, metavar="NAME|GLOB",
               help="Compare only these results: a full name (linear_probe/<dataset>/concat/top1), a glob, or a bare metric (top1). Repeatable; default: every float eval metric.")
-def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, overrides: tuple[str, ...], metrics: tuple[str, ...]) -> None:
+@click.option("--collect", "collect_only", is_flag=True,
+              help="Run nothing: aggregate the runs under --output that completed (e.g. started one by one or on other machines); the rest are listed as not run.")
+def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, overrides: tuple[str, ...], metrics: tuple[str, ...],
+                     collect_only: bool) -> None:
     """Run each RECIPE for every seed (sequentially, resumable: finished runs are skipped) and
     print mean ± std (sample std, n - 1) per recipe and metric; writes ablation.md, .json, and
     the bar chart as .png and .svg (matplotlib: pip install 'hcframe[report]')."""
@@ -393,7 +396,7 @@ def ablation_command(recipe_paths: tuple[str, ...], seeds: str, output: str, ove
     output_dir = Path(output)
     try:
         result = run_ablation(recipe_paths, parse_seeds(seeds), output_dir, overrides=overrides, metrics=metrics,
-                              log=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
+                              collect_only=collect_only, log=lambda m: err_console.print(m, markup=False, highlight=False, soft_wrap=True))
     except (AblationError, RecipeError) as exc:
         fail(str(exc), 2)
     except KeyboardInterrupt:

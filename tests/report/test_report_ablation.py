@@ -125,6 +125,24 @@ def test_aggregation_of_finished_runs_without_training(write_recipe, tmp_path):
     assert only.metrics == ["retrieval/d/concat/R@1"]
 
 
+def test_collect_aggregates_completed_runs_and_runs_nothing(write_recipe, tmp_path):
+    """--collect: the completed runs are aggregated, the missing ones are listed as not run and
+    nothing is started (no run directory appears for them)."""
+    a = write_recipe("arm_a")
+    out = tmp_path / "out"
+    for seed, top1 in ((0, 0.5), (2, 0.75)):
+        _completed(out / "arm_a" / f"seed{seed}", {"linear_probe/d/concat": {"top1": top1}})
+    runner = CliRunner()
+    result = runner.invoke(cli, ["ablation", str(a), "--seeds", "0,1,2", "--output", str(out), "--collect"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "arm_a" / "seed1").exists()
+    payload = json.loads((out / "ablation.json").read_text())
+    runs = payload["recipes"]["arm_a"]["runs"]
+    assert [r["status"] for r in runs] == ["skipped", "not run", "skipped"]
+    agg = payload["recipes"]["arm_a"]["aggregate"]["linear_probe/d/concat/top1"]
+    assert agg["n"] == 2 and agg["mean"] == pytest.approx(0.625) and agg["std"] == pytest.approx(statistics.stdev([0.5, 0.75]))
+
+
 def test_runs_without_eval_are_compared_on_their_final_training_metrics(write_recipe, tmp_path):
     recipe = write_recipe("plain")
     out = tmp_path / "out"
