@@ -231,6 +231,10 @@ def ablation_markdown(result: AblationResult) -> str:
     lines += ["", f"Mean ± {STD_NOTE}; accuracies and recalls in %; (n=k): only k runs had the metric.", ""]
     if result.failed:
         lines += ["Failed runs:", ""] + [f"- {r.name} seed {r.seed}: {r.error}" for r in result.failed] + [""]
+    missing = [r for r in result.runs if r.status == "not run"]
+    if missing:
+        lines += [f"Not run ({len(missing)} of {len(result.runs)}; left out of the aggregates):", ""]
+        lines += [f"- {r.name} seed {r.seed}" for r in missing] + [""]
     return "\n".join(lines)
 
 

@@ -141,6 +141,7 @@ def test_collect_aggregates_completed_runs_and_runs_nothing(write_recipe, tmp_pa
     assert [r["status"] for r in runs] == ["skipped", "not run", "skipped"]
     agg = payload["recipes"]["arm_a"]["aggregate"]["linear_probe/d/concat/top1"]
     assert agg["n"] == 2 and agg["mean"] == pytest.approx(0.625) and agg["std"] == pytest.approx(statistics.stdev([0.5, 0.75]))
+    assert "Not run (1 of 3; left out of the aggregates):\n\n- arm_a seed 1\n" in (out / "ablation.md").read_text()
 
 
 def test_runs_without_eval_are_compared_on_their_final_training_metrics(write_recipe, tmp_path):
