@@ -38,3 +38,15 @@ def testkit():
         hcframe.register_plugin("hcframe_testkit")
         yield
     reset_registry()
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test: on a shared machine one thread is faster than two fighting
+    for two cores. Folders whose tests all want it request it from an autouse fixture."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

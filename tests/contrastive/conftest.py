@@ -35,12 +35,9 @@ def task_input(encoder: nn.Module, views: list[torch.Tensor], step: int = 0, max
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """The machine is shared: one intra-op thread is faster than two fighting for two cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_thread):
+    """Every test here runs on one intra-op thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ small synthetic world for runs of the real trainer (built once per session)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 import hcframe
 
@@ -17,12 +16,9 @@ def _testkit_here(testkit):
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
-    """The machine is shared: one intra-op thread is faster than two fighting for two cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(single_thread):
+    """Every test here runs on one intra-op thread (tests/conftest.py)."""
     yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")
