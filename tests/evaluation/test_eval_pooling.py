@@ -74,6 +74,36 @@ def test_global_and_grid_probes_have_their_own_results_and_cache_files(tmp_path)
         assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0
 
 
+def test_evaluations_of_one_dataset_share_one_extraction_pass_with_the_features_each_would_extract(tmp_path):
+    """Evaluations that read other branches or poolings of the same data are extracted together:
+    each dataset is read once, and every cached feature set is bit-identical to what that
+    evaluation extracts on its own."""
+    evals = [PROBE, {**PROBE, "branch": "concat"}, {**PROBE, "pool": "grid", "grid": [1, 2, 2]},
+             {"protocol": "retrieval", "branch": "concat", "train_data": TRAIN_DATA, "test_data": TEST_DATA, "ks": [1]}]
+    recipe, model = _toy(*evals)
+    lines: list[str] = []
+    results = run_evaluations(recipe, model, tmp_path / "shared", device=torch.device("cpu"), log=lines.append)
+    extracting = [line for line in lines if line.startswith("extracting features")]
+    assert len(extracting) == 2, extracting  # the train data, then the test data: one pass each
+    assert all("branch sup (global pooling), branch concat (global pooling), branch sup (grid1x2x2 pooling)" in line
+               for line in extracting)
+    shared = {torch.load(p, weights_only=True)["description"]: torch.load(p, weights_only=True)["features"]
+              for p in (tmp_path / "shared" / "features").glob("*.pt")}
+    assert len(shared) == 6  # (train, test) x (sup, concat, sup grid)
+    alone: dict[str, torch.Tensor] = {}
+    for i, table in enumerate(evals[:3]):
+        one, _ = _toy(table)
+        assert run_evaluations(one, model, tmp_path / f"alone{i}", device=torch.device("cpu"), log=lambda m: None)
+        for p in (tmp_path / f"alone{i}" / "features").glob("*.pt"):
+            stored = torch.load(p, weights_only=True)
+            alone[stored["description"]] = stored["features"]
+    assert set(alone) == set(shared)
+    for description, features in shared.items():
+        assert torch.equal(features, alone[description]), description
+    assert set(results) == {"linear_probe/moving_squares/sup", "linear_probe/moving_squares/concat",
+                            "linear_probe/moving_squares/sup/grid1x2x2", "retrieval/moving_squares/concat"}
+
+
 def test_bad_pooling_keys_are_refused_in_one_line():
     def error_of(**extra):
         with pytest.raises(RecipeError) as info:

@@ -13,7 +13,7 @@ the usual single representation (for ablations).
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -146,15 +146,27 @@ class MultiTaskModel(nn.Module):
         (``"concat"``; with ``split = "none"`` every branch is the same, so one is returned).
         ``pool`` maps each feature map ``[B, D, t, h, w]`` to ``[B, E]`` (default: the encoder's own
         pooling)."""
-        pool = pool or self._pool
+        return self.encode_many(clips, [(branch, pool)])[0]
+
+    def encode_many(self, clips: Tensor, requests: Sequence[tuple[str, Callable[[Tensor], Tensor] | None]]) -> list[Tensor]:
+        """``[encode(clips, branch, pool) for branch, pool in requests]`` with the trunk and each
+        branch run once: evaluations that read several branches or poolings of one dataset share a
+        pass (same operations on the same batch, so the same numbers)."""
+        for branch, _ in requests:
+            if branch != "concat" and branch not in self.branches:
+                raise ValueError(f"no branch {branch!r}; branches are {', '.join(self.branches)} or 'concat'")
         shared = self.trunk(clips)
-        if branch == "concat":
-            if self.split == "none":
-                return pool(shared)
-            return torch.cat([pool(b(shared)) for b in self.branches.values()], dim=1)
-        if branch not in self.branches:
-            raise ValueError(f"no branch {branch!r}; branches are {', '.join(self.branches)} or 'concat'")
-        return pool(self.branches[branch](shared))
+        if self.split == "none":
+            return [(pool or self._pool)(shared) for _, pool in requests]
+        wanted = {b for branch, _ in requests for b in (self.branches if branch == "concat" else [branch])}
+        maps = {name: b(shared) for name, b in self.branches.items() if name in wanted}
+        out = []
+        for branch, pool in requests:
+            pool = pool or self._pool
+            names = list(self.branches) if branch == "concat" else [branch]
+            pooled = [pool(maps[n]) for n in names]
+            out.append(pooled[0] if len(pooled) == 1 else torch.cat(pooled, dim=1))
+        return out
 
     def representation_dim(self, branch: str = "concat") -> int:
         if branch == "concat" and self.split != "none":

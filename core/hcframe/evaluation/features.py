@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import attrs
 import torch
@@ -46,14 +46,17 @@ from hcframe.engine.precision import autocast
 from hcframe.progress import ProgressBar
 
 __all__ = [
+    "FeatureRequest",
     "FeatureSet",
     "Pooling",
     "TestViews",
     "batch_shard",
     "device_views",
     "encoder_fingerprint",
+    "extract_feature_sets",
     "extract_features",
     "gather_in_dataset_order",
+    "load_or_extract_feature_sets",
     "load_or_extract_features",
     "make_loader",
     "sum_over_ranks",
@@ -248,37 +251,73 @@ def extract_features(
     ``progress``: a progress bar (for a terminal); otherwise progress lines go to ``log`` when it
     takes a while.
     """
+    return extract_feature_sets(model, [(branch, pooling)], dataset, transform, device, batch_size=batch_size,
+                                num_workers=num_workers, precision=precision, source=source, log=log, progress=progress)[0]
+
+
+@torch.no_grad()
+def extract_feature_sets(
+    model: MultiTaskModel,
+    requests: Sequence[tuple[str, Pooling]],
+    dataset: Any,
+    transform: nn.Module,
+    device: torch.device,
+    *,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    precision: str = "auto",
+    source: str = "encoder",
+    log: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
+) -> list[FeatureSet]:
+    """:func:`extract_features` for several ``(branch, pooling)`` requests in one pass over
+    ``dataset``: each video is read and augmented once, the trunk and every branch run once per
+    view (:meth:`MultiTaskModel.encode_many`); one :class:`FeatureSet` per request, in order."""
     if source not in SOURCES:
         raise ValueError(f"source: expected one of {', '.join(SOURCES)}, got {source!r}")
     if source == "targets" and getattr(dataset, "target_store", None) is None:
         raise ValueError(f"source = \"targets\": dataset {type(dataset).__name__} has no target_store to read part targets from")
-    encoder_pool = None if pooling.kind == "global" else pooling  # None: the encoder's own pooling
+    # None: the encoder's own pooling (global)
+    encoder_requests = [(branch, None if pooling.kind == "global" else pooling) for branch, pooling in requests]
+    branches = ", ".join(dict.fromkeys(branch for branch, _ in requests))
     readable = TestViews(dataset, transform, device, batch_size=batch_size, num_workers=num_workers, log=log,
-                         progress=progress, description=f"features ({branch}) of {len(dataset)} videos")
-    features: list[Tensor] = []
+                         progress=progress, description=f"features ({branches}) of {len(dataset)} videos")
+    features: list[list[Tensor]] = [[] for _ in requests]
     labels: list[Tensor] = []
     indices: list[Tensor] = []
     for views, batch in readable:
         if source == "targets":
-            per_view = [pooling(parts.float()) for parts in batch["parts"]]
+            per_view = [[pooling(parts.float()) for _, pooling in requests] for parts in batch["parts"]]
         else:
             with autocast(device, precision):
-                per_view = [model.encode(v, branch, pool=encoder_pool).float() for v in views]
-        features.append(torch.stack(per_view, dim=1).cpu())
+                per_view = [[f.float() for f in model.encode_many(v, encoder_requests)] for v in views]
+        for r, out in enumerate(features):
+            out.append(torch.stack([view[r] for view in per_view], dim=1).cpu())
         labels.append(batch["label"].view(-1).cpu().long())
         indices.append(batch["index"].view(-1).cpu().long())
     if hd.is_distributed():
         log(f"features of {type(dataset).__name__}: {sum(len(i) for i in indices)} of {len(dataset)} videos "
             f"on process {hd.rank()} of {hd.world_size()}")
     num_bad = sum_over_ranks(readable.num_bad)
-    local = [torch.cat(t) if t else None for t in (indices, features, labels)]
-    index, all_features, all_labels = gather_in_dataset_order(*local)
+    local = [torch.cat(t) if t else None for t in (indices, labels, *features)]
+    index, all_labels, *all_features = gather_in_dataset_order(*local)
     if index is None or index.numel() == 0:
         raise RuntimeError(f"no video of dataset {type(dataset).__name__} could be read ({num_bad} unreadable)")
     if bool((all_labels < 0).any()):
         raise ValueError(f"dataset {type(dataset).__name__} has unlabelled videos (label -1); evaluation needs labels")
     ids = [dataset.video_id(int(i)) for i in index]
-    return FeatureSet(all_features, all_labels, ids, len(getattr(dataset, "class_names", ())), num_bad)
+    num_classes = len(getattr(dataset, "class_names", ()))
+    return [FeatureSet(f, all_labels, ids, num_classes, num_bad) for f in all_features]
+
+
+@attrs.frozen
+class FeatureRequest:
+    """One set of features :func:`load_or_extract_feature_sets` is asked for: the ``branch``, its
+    ``pooling`` and the fingerprint of the weights it reads (None: computed from the model)."""
+
+    branch: str
+    pooling: Pooling = GLOBAL_POOLING
+    fingerprint: str | None = None
 
 
 def load_or_extract_features(
@@ -291,63 +330,98 @@ def load_or_extract_features(
     cache_dir: Path,
     *,
     fingerprint: str | None = None,
+    pooling: Pooling = GLOBAL_POOLING,
+    **options: Any,
+) -> tuple[FeatureSet | None, Path, bool]:
+    """Features of the dataset ``dataset_spec`` (a ComponentSpec), from the cache when present:
+    :func:`load_or_extract_feature_sets` for one request. Returns the features, the cache file
+    and whether it was a cache hit."""
+    return load_or_extract_feature_sets(model, [FeatureRequest(branch, pooling, fingerprint)], dataset_spec, transform,
+                                        transform_table, device, cache_dir, **options)[0]
+
+
+def load_or_extract_feature_sets(
+    model: MultiTaskModel,
+    requests: Sequence[FeatureRequest],
+    dataset_spec: Any,
+    transform: nn.Module,
+    transform_table: dict[str, Any],
+    device: torch.device,
+    cache_dir: Path,
+    *,
     batch_size: int = 8,
     num_workers: int = 0,
     precision: str = "auto",
-    pooling: Pooling = GLOBAL_POOLING,
     targets: Callable[[Any], Any] | None = None,
     targets_identity: Any = None,
     registry: Any = None,
     log: Callable[[str], None] = lambda m: None,
     progress: bool = False,
     dataset: Any = None,
-) -> tuple[FeatureSet | None, Path, bool]:
-    """Features of the dataset ``dataset_spec`` (a ComponentSpec), from the cache when present.
+    load_hits: bool = True,
+) -> list[tuple[FeatureSet | None, Path, bool]]:
+    """Features of the dataset ``dataset_spec`` (a ComponentSpec) for each request, from the cache
+    when present; the requests the cache does not hold are extracted together in one pass
+    (:func:`extract_feature_sets`) and each is cached in its own file.
 
-    Returns the features, the cache file and whether it was a cache hit. The dataset (``dataset``
-    when already built from ``dataset_spec``) is only used when the features have to be
+    Returns, per request, the features, the cache file and whether it was a cache hit. The dataset
+    (``dataset`` when already built from ``dataset_spec``) is only used when features have to be
     extracted; its ``num_views`` is set to 1 (one clip per video in train mode; test-mode
-    datasets return all their views regardless). Under torchrun every
-    process calls it: on a cache hit only the main process gets the features (the others None).
+    datasets return all their views regardless). Under torchrun every process calls it: on a
+    cache hit only the main process gets the features (the others None).
     ``targets``: pool part targets instead of encoding (``source = "targets"``): called with the
     built dataset, it returns the target store to read; ``targets_identity`` (what the targets
-    depend on) then replaces the encoder fingerprint in the cache key.
+    depend on) then replaces the encoder fingerprint in the cache key. ``load_hits = False``:
+    only extract what is missing; a file that matches the size and hash recorded when it was
+    written counts as a hit and is not loaded (its features are None).
     """
-    description = {
-        "format": CACHE_FORMAT,
-        "encoder": (fingerprint or encoder_fingerprint(model, branch)) if targets is None else None,
-        "targets": targets_identity if targets is not None else None,
-        "branch": branch,
-        "dataset": dataset_spec.to_table(),
-        "transform": transform_table,
-        "pooling": pooling.name(),
-        "device": device.type,
-        "precision": precision,
-    }
-    blob = json.dumps(description, sort_keys=True, default=str)
-    key = hashlib.sha256(blob.encode()).hexdigest()[:32]
-    path = Path(cache_dir) / f"{key}.pt"
-    cached = _read_cache(path, blob, log) if hd.is_main_process() else None
-    if hd.broadcast_flag(cached is not None):  # every process takes the same branch
-        if cached is not None:
-            log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {branch}) from cache {path}")
-            return cached, path, True
-        return None, path, True  # the fits run on the main process
+    results: list[tuple[FeatureSet | None, Path, bool] | None] = []
+    missing: list[tuple[int, Path, str]] = []
+    for i, request in enumerate(requests):
+        description = {
+            "format": CACHE_FORMAT,
+            "encoder": (request.fingerprint or encoder_fingerprint(model, request.branch)) if targets is None else None,
+            "targets": targets_identity if targets is not None else None,
+            "branch": request.branch,
+            "dataset": dataset_spec.to_table(),
+            "transform": transform_table,
+            "pooling": request.pooling.name(),
+            "device": device.type,
+            "precision": precision,
+        }
+        blob = json.dumps(description, sort_keys=True, default=str)
+        path = Path(cache_dir) / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.pt"
+        cached: FeatureSet | bool | None = None
+        if hd.is_main_process():
+            cached = _read_cache(path, blob, log) if load_hits else (path.is_file() and check_digest(path) is None) or None
+        if hd.broadcast_flag(cached is not None):  # every process takes the same branch
+            if isinstance(cached, FeatureSet):
+                log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {request.branch}) from cache {path}")
+            # Not loaded (load_hits = False), and on the other processes: None (the fits run on the main one).
+            results.append((cached if isinstance(cached, FeatureSet) else None, path, True))
+        else:
+            results.append(None)
+            missing.append((i, path, blob))
+    if not missing:
+        return results  # type: ignore[return-value]
     dataset = dataset if dataset is not None else dataset_spec.build(registry)
     dataset.num_views = 1
     if targets is not None:
         dataset.target_store = targets(dataset)
-    what = f"branch {branch}" if targets is None else f"part targets of {branch}"
-    log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, {what}, {pooling.name()} pooling"
+    todo = [(requests[i].branch, requests[i].pooling) for i, _, _ in missing]
+    what = ", ".join(f"{'branch' if targets is None else 'part targets of'} {b} ({p.name()} pooling)" for b, p in todo)
+    log(f"extracting features of {dataset_spec.name} ({len(dataset)} videos, {what}"
         f"{f', over {hd.world_size()} processes' if hd.is_distributed() else ''})")
-    fs = extract_features(model, branch, dataset, transform, device, batch_size=batch_size, num_workers=num_workers,
-                          precision=precision, pooling=pooling, source="encoder" if targets is None else "targets",
-                          log=log, progress=progress)
-    if hd.is_main_process():
-        save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
-                           "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)
-        record_digest(path)  # a file that does not match it later is extracted again
-    return fs, path, False
+    extracted = extract_feature_sets(model, todo, dataset, transform, device, batch_size=batch_size, num_workers=num_workers,
+                                     precision=precision, source="encoder" if targets is None else "targets",
+                                     log=log, progress=progress)
+    for (i, path, blob), fs in zip(missing, extracted):
+        if hd.is_main_process():
+            save_torch_atomic({"description": blob, "features": fs.features, "labels": fs.labels, "video_ids": fs.video_ids,
+                               "num_classes": fs.num_classes, "num_bad": fs.num_bad}, path)
+            record_digest(path)  # a file that does not match it later is extracted again
+        results[i] = (fs, path, False)
+    return results  # type: ignore[return-value]
 
 
 def _read_cache(path: Path, description: str, log: Callable[[str], None]) -> FeatureSet | None:

@@ -12,6 +12,7 @@ main process, which returns the results (the others return ``{}``).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from hcframe.config import BuiltRun, EvalDatasetKey, build_run, resolve_device
 from hcframe.engine import distributed as hd
 from hcframe.engine.checkpoint import compare_state_dicts, load_checkpoint
 from hcframe.engine.model import MultiTaskModel
-from hcframe.evaluation.features import Pooling, encoder_fingerprint, load_or_extract_features
+from hcframe.evaluation.features import FeatureRequest, Pooling, encoder_fingerprint, load_or_extract_feature_sets, load_or_extract_features
 from hcframe.evaluation.finetune import finetune_metrics
 from hcframe.evaluation.linear_probe import linear_probe_metrics
 from hcframe.evaluation.multiview import multiview_probe_metrics
@@ -82,11 +83,38 @@ class _Context:
         fs, _, _ = load_or_extract_features(
             self.model, spec.branch, dataset, transform, table, self.device, self.cache_dir,
             fingerprint=None if targets else self.fingerprint(spec.branch), batch_size=spec.batch_size,
-            num_workers=spec.num_workers, precision=self.precision, pooling=Pooling(spec.options.pool, tuple(spec.options.grid)),
+            num_workers=spec.num_workers, precision=self.precision, pooling=_pooling(spec),
             targets=targets, targets_identity=identity, registry=self.registry, log=self.log,
             progress=self.progress, dataset=built,
         )
         return fs
+
+    def extract_shared_features(self, specs: list[EvalSpec]) -> None:
+        """Extract, in one pass per dataset, the encoder features that several evaluations read
+        (other branches or poolings of the same train or test data, transform and batch size), into
+        the cache where :meth:`features` then finds them: the quickstart's six evaluations read the
+        training videos once instead of four times."""
+        groups: dict[str, list[tuple[EvalSpec, ComponentSpec, int | None, str]]] = {}
+        for spec in specs:
+            if spec.protocol not in FEATURE_PROTOCOLS or spec.options.source != "encoder":
+                continue
+            transform_table = (spec.transform or self.recipe.transform).to_table()
+            for split, pair in spec.datasets.items():
+                for role, dataset in zip(("train", "test"), pair):
+                    key = json.dumps([dataset.to_table(), transform_table, spec.batch_size], sort_keys=True, default=str)
+                    groups.setdefault(key, []).append((spec, dataset, split, role))
+        for members in groups.values():
+            requests = list({(s.branch, _pooling(s).name()): FeatureRequest(s.branch, _pooling(s), self.fingerprint(s.branch))
+                             for s, *_ in members}.values())
+            if len(requests) < 2:
+                continue  # one evaluation reads it: it extracts them itself
+            spec, dataset, split, role = members[0]
+            transform, table = self.transform(spec.transform)
+            load_or_extract_feature_sets(
+                self.model, requests, dataset, transform, table, self.device, self.cache_dir, batch_size=spec.batch_size,
+                num_workers=spec.num_workers, precision=self.precision, registry=self.registry, log=self.log,
+                progress=self.progress, dataset=self.datasets.get((spec.index, split, role)), load_hits=False,
+            )
 
     def targets(self, spec: EvalSpec) -> tuple[Callable[[Any], Any], Any]:
         """``source = "targets"``: the target store of the task ``spec.branch`` for a dataset, and
@@ -103,6 +131,10 @@ class _Context:
             return found
 
         return store, self.recipe.tasks[spec.branch].to_table()
+
+
+def _pooling(spec: EvalSpec) -> Pooling:
+    return Pooling(spec.options.pool, tuple(spec.options.grid))
 
 
 def _train_test_features(ctx: _Context, spec: EvalSpec, split: int | None):
@@ -155,6 +187,8 @@ def _finetune(ctx: _Context, spec: EvalSpec, split: int | None, key: str) -> dic
     )
 
 
+#: The protocols that fit on frozen features (and share their extraction, see _Context.extract_shared_features).
+FEATURE_PROTOCOLS = ("linear_probe", "multiview", "retrieval")
 PROTOCOLS: dict[str, Callable[[_Context, EvalSpec, "int | None", str], dict[str, Any]]] = {
     "linear_probe": _linear_probe,
     "multiview": _multiview,
@@ -200,6 +234,8 @@ def run_evaluations(
     model.eval()
     rng_devices = [device.index or 0] if device.type == "cuda" else []
     try:
+        with torch.random.fork_rng(devices=rng_devices):  # a DataLoader with workers draws a seed
+            ctx.extract_shared_features(list(recipe.eval_specs))
         for spec in recipe.eval_specs:
             per_split = []
             for split in spec.datasets:
