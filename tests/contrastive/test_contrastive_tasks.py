@@ -326,3 +326,47 @@ def test_tasks_in_the_engines_multi_task_model(tiny_encoder_factory):
     assert outputs["moco"].metrics["queue_fill"] == pytest.approx(B / 16)
     assert all(p.grad is not None for p in model.branches["moco"].parameters())
     assert all(p.grad is None for p in moco.key_encoder.parameters())
+
+
+# --- foreground pooling (pool = "foreground") ----------------------------------------------------
+def test_foreground_pool_is_the_person_weighted_mean_of_the_cells():
+    import numpy as np
+
+    from hcframe_contrastive import foreground_pool
+
+    g = torch.Generator().manual_seed(3)
+    fmap = torch.randn(2, 5, 2, 4, 4, generator=g, dtype=torch.float64)
+    parts = torch.softmax(torch.randn(2, 4, 8, 8, 8, generator=g, dtype=torch.float64), dim=1)
+    parts[1] = 0.0
+    parts[1, 0] = 1.0  # clip 1: background everywhere
+    got = foreground_pool(fmap, parts).numpy()
+    p, f = parts.numpy(), fmap.numpy()
+    for b in range(2):
+        # each map cell covers 4 x 2 x 2 part cells; its weight is the mean person share there
+        person = (1.0 - p[b, 0]).reshape(2, 4, 4, 2, 4, 2).mean(axis=(1, 3, 5)) + 1e-4
+        expected = (f[b] * person).sum(axis=(1, 2, 3)) / person.sum()
+        np.testing.assert_allclose(got[b], expected, rtol=1e-5, atol=1e-7)  # float32 sums
+    np.testing.assert_allclose(got[1], f[1].mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-7)  # no person: the plain mean
+    # a person in one corner only: the pooled vector is that corner's features
+    corner = torch.zeros(1, 4, 8, 8, 8, dtype=torch.float64)
+    corner[:, 0] = 1.0
+    corner[:, 0, 4:, :2, :2], corner[:, 2, 4:, :2, :2] = 0.0, 1.0
+    np.testing.assert_allclose(foreground_pool(fmap[:1], corner)[0].numpy(), f[0, :, 1, 0, 0], rtol=1e-2)  # up to the floor of the 31 empty cells
+
+
+def test_simclr_foreground_pool_reads_the_part_maps_and_refuses_a_batch_without_them(tiny_encoder_factory, make_task_input):
+    with pytest.raises(ValueError, match="pool must be one of mean, foreground"):
+        SimCLRTask(pool="person")
+    encoder, task = _setup(SimCLRTask(hidden_dim=16, out_dim=8, pool="foreground"), tiny_encoder_factory)
+    views = structured_views(0)
+    with pytest.raises(ValueError, match="pool = \"foreground\" weights the features by the part maps"):
+        task(make_task_input(encoder, views))
+    g = torch.Generator().manual_seed(0)
+    parts = [torch.softmax(torch.randn(B, 3, 8, 8, 8, generator=g), dim=1) for _ in views]
+    inp = make_task_input(encoder, views)
+    inp.batch["parts"] = parts
+    out = task(inp)
+    out.total.backward()
+    assert torch.isfinite(out.total) and all(p.grad is not None for p in encoder.parameters())
+    _, mean_task = _setup(SimCLRTask(hidden_dim=16, out_dim=8), tiny_encoder_factory)
+    assert abs(mean_task(make_task_input(encoder, views)).total.item() - out.total.item()) > 1e-4  # not the plain mean

@@ -22,7 +22,7 @@ from hcframe_contrastive.losses import ContrastiveLogits, contrastive_logits, in
 from hcframe_contrastive.momentum import MomentumEncoder, momentum_at
 from hcframe_contrastive.queue import NegativeQueue
 from hcframe_contrastive.shuffle_bn import convert_to_sync_batchnorm, shuffled_forward
-from hcframe_contrastive.tasks import MoCoTask, SimCLRTask
+from hcframe_contrastive.tasks import MoCoTask, SimCLRTask, foreground_pool
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ __all__ = [
     "all_reduce_sum_with_grad",
     "contrastive_logits",
     "convert_to_sync_batchnorm",
+    "foreground_pool",
     "info_nce",
     "momentum_at",
     "nt_xent",

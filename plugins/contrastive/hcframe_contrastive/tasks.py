@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hcframe.components import PretextTask, TaskInput, TaskOutput
@@ -30,10 +31,11 @@ from hcframe_contrastive.momentum import MOMENTUM_SCHEDULES, MomentumEncoder, mo
 from hcframe_contrastive.queue import NegativeQueue
 from hcframe_contrastive.shuffle_bn import convert_to_sync_batchnorm, shuffled_forward
 
-__all__ = ["KEY_BN_MODES", "SIMCLR_NEGATIVES", "MoCoTask", "SimCLRTask"]
+__all__ = ["KEY_BN_MODES", "SIMCLR_NEGATIVES", "SIMCLR_POOLS", "MoCoTask", "SimCLRTask", "foreground_pool"]
 
 KEY_BN_MODES = ("shuffle", "sync", "running_stats")
 SIMCLR_NEGATIVES = ("both_views", "cross_view")
+SIMCLR_POOLS = ("mean", "foreground")
 
 
 def _check_projection(task: str, hidden_dim: int, out_dim: int, num_layers: int) -> None:
@@ -70,6 +72,17 @@ def _pooled(output: Any) -> Tensor:
     return output.pooled if hasattr(output, "pooled") else output
 
 
+def foreground_pool(feature_map: Tensor, parts: Tensor, background: int = 0) -> Tensor:
+    """``[B, D]``: the mean of ``feature_map`` ``[B, D, t, h, w]`` over its cells, each weighted by
+    the share of it that is not ``background`` in the part maps ``parts`` ``[B, K, T, H, W]``
+    (probabilities or one-hot, resampled to the map's cells by area). A clip with no person gets
+    the plain mean (every weight has a small floor). Weights and sums in float32."""
+    person = 1.0 - parts[:, background].float()
+    weights = F.adaptive_avg_pool3d(person[:, None], tuple(feature_map.shape[2:])).clamp_min(0.0) + 1e-4
+    weighted = (feature_map.float() * weights).sum(dim=(2, 3, 4))
+    return (weighted / weights.sum(dim=(2, 3, 4))).to(feature_map.dtype)
+
+
 class SimCLRTask(PretextTask):
     """SimCLR: contrast two views of each clip against the other clips of the (global) batch.
 
@@ -93,6 +106,13 @@ class SimCLRTask(PretextTask):
             each rank's samples); the loss is the mean over local anchors, so with DDP's gradient
             averaging R ranks train exactly like one process on the global batch.
         hidden_dim, out_dim, num_layers, batch_norm: the :class:`ProjectionMLP`.
+        pool: how each view's feature map becomes the vector the head projects. ``"mean"``
+            (default): the encoder's pooled features. ``"foreground"``: the mean over the map
+            weighted by how much of each cell the person covers, ``1 -`` the background channel
+            (channel 0, LIP's and the synthetic world's ``Background``) of that view's part maps
+            (``batch["parts"]``, which a distillation task with a stored teacher puts in the batch),
+            so the human prior decides where contrastive learning looks and background identity
+            cues weigh less. The evaluation protocols still read the encoder's own pooling.
     """
 
     num_views = 2
@@ -109,10 +129,14 @@ class SimCLRTask(PretextTask):
         out_dim: int = 128,
         num_layers: int = 2,
         batch_norm: bool = True,
+        pool: Literal["mean", "foreground"] = "mean",
     ) -> None:
         super().__init__()
         _check_temperature("simclr", temperature)
         _check_projection("simclr", hidden_dim, out_dim, num_layers)
+        if pool not in SIMCLR_POOLS:
+            raise ValueError(f"simclr: pool must be one of {', '.join(SIMCLR_POOLS)}, got {pool!r}")
+        self.pool = pool
         if negatives not in SIMCLR_NEGATIVES:
             raise ValueError(f"simclr: negatives must be one of {', '.join(SIMCLR_NEGATIVES)}, got {negatives!r}")
         if negatives == "both_views" and not symmetric:
@@ -142,7 +166,17 @@ class SimCLRTask(PretextTask):
         if self.head is None:
             raise RuntimeError("simclr: setup(encoder, feature_dim) was not called")
         _two_views("simclr", inp)
-        first, second = inp.features[0].pooled, inp.features[1].pooled
+        if self.pool == "foreground":
+            parts = inp.batch.get("parts")
+            if parts is None or len(parts) < 2:
+                raise ValueError(
+                    "simclr: pool = \"foreground\" weights the features by the part maps of both views, but the batch "
+                    "has none; add a distillation task whose teacher is stored (parsing_distill with a cached or "
+                    "ground-truth teacher), or set pool = \"mean\""
+                )
+            first, second = (foreground_pool(inp.features[v].feature_map, parts[v]) for v in (0, 1))
+        else:
+            first, second = inp.features[0].pooled, inp.features[1].pooled
         embeddings = self.head(torch.cat([first, second], dim=0))
         a, b = embeddings[: first.shape[0]], embeddings[first.shape[0] :]
         if self.negatives == "both_views":
