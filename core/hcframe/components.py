@@ -210,6 +210,11 @@ class PretextTask(nn.Module, abc.ABC):
         """
         return None
 
+    def check_dataset(self, dataset: Any) -> None:
+        """Called once the training dataset is built and every task has set its target store:
+        raise ``ValueError`` (one line, what to change) to refuse a dataset this task cannot train
+        on, before any work. Default: accept."""
+
     def metric_info(self) -> Sequence[MetricInfo]:
         """What this task's :class:`TaskOutput` terms are: one :class:`~hcframe.metrics.MetricInfo`
         per loss or metric name (kind, shown on the progress line, plot). The trainer logs them

@@ -327,6 +327,11 @@ def _build_train_data(
         )
     if dataset is None:
         return None
+    for name, task in model.tasks.items():
+        try:
+            task.check_dataset(dataset)
+        except ValueError as exc:
+            raise RecipeError(f"tasks.{name}: {' '.join(str(exc).split())}") from None
     dataset.num_views = model.num_views
     if dataset.target_store is not None:
         transform.set_part_labels(dataset.target_store.label_names)

@@ -137,6 +137,12 @@ CASES: dict[str, tuple[str | bytes | object, list[str], str]] = {
         BASE, ["train.batch_size=1"],
         "train.batch_size: 1 is fewer videos than task 'contrastive' (simclr) needs in a batch (2); raise train.batch_size",
     ),
+    "simclr pooling where the person is without part maps": (
+        BASE, ['tasks.contrastive.pool="foreground"'],
+        'tasks.contrastive: simclr: pool = "foreground" weights the features by the part maps of both views, but the batch '
+        "has none; add a distillation task whose teacher is stored (parsing_distill with a cached or ground-truth "
+        'teacher), or set pool = "mean"',
+    ),
     "[[eval]] dataset root that does not exist": (
         BASE, ['eval.0.test_data={name = "video_folder", root = "{tmp}/nowhere"}'],
         "eval[0].test_data.root: {tmp}/nowhere: video folder root not found (expected a folder)",

@@ -72,6 +72,13 @@ def _pooled(output: Any) -> Tensor:
     return output.pooled if hasattr(output, "pooled") else output
 
 
+_NO_PART_MAPS = (
+    "simclr: pool = \"foreground\" weights the features by the part maps of both views, but the batch has none; "
+    "add a distillation task whose teacher is stored (parsing_distill with a cached or ground-truth teacher), "
+    "or set pool = \"mean\""
+)
+
+
 def foreground_pool(feature_map: Tensor, parts: Tensor, background: int = 0) -> Tensor:
     """``[B, D]``: the mean of ``feature_map`` ``[B, D, t, h, w]`` over its cells, each weighted by
     the share of it that is not ``background`` in the part maps ``parts`` ``[B, K, T, H, W]``
@@ -158,6 +165,10 @@ class SimCLRTask(PretextTask):
     def setup(self, encoder: nn.Module, feature_dim: int) -> None:
         self.head = ProjectionMLP(feature_dim, **self.projection)
 
+    def check_dataset(self, dataset: Any) -> None:
+        if self.pool == "foreground" and getattr(dataset, "target_store", None) is None:
+            raise ValueError(_NO_PART_MAPS)
+
     def metric_info(self) -> tuple[MetricInfo, ...]:
         return _metric_info()
 
@@ -169,11 +180,7 @@ class SimCLRTask(PretextTask):
         if self.pool == "foreground":
             parts = inp.batch.get("parts")
             if parts is None or len(parts) < 2:
-                raise ValueError(
-                    "simclr: pool = \"foreground\" weights the features by the part maps of both views, but the batch "
-                    "has none; add a distillation task whose teacher is stored (parsing_distill with a cached or "
-                    "ground-truth teacher), or set pool = \"mean\""
-                )
+                raise ValueError(_NO_PART_MAPS)
             first, second = (foreground_pool(inp.features[v].feature_map, parts[v]) for v in (0, 1))
         else:
             first, second = inp.features[0].pooled, inp.features[1].pooled
