@@ -217,9 +217,10 @@ def record_digest(path: str | Path) -> None:
     write_json_atomic(_digest_path(path), {"file": path.name, **file_digest(path)})
 
 
-def check_digest(path: str | Path) -> str | None:
+def check_digest(path: str | Path, *, hash: bool = True) -> str | None:
     """``None`` when ``path`` has the size and SHA-256 recorded when it was written, else why
-    not, in words (no record, another size, another hash)."""
+    not, in words (no record, another size, another hash). ``hash = False``: the record and the
+    size only, without reading the file (a cheap "is it there, whole" before a full check)."""
     path = Path(path)
     try:
         recorded = json.loads(_digest_path(path).read_text())
@@ -231,6 +232,6 @@ def check_digest(path: str | Path) -> str | None:
     actual = path.stat().st_size
     if actual != size:
         return f"it has {actual} bytes, {size} when it was written"
-    if file_digest(path)["sha256"] != sha256:
+    if hash and file_digest(path)["sha256"] != sha256:
         return "its SHA-256 differs from the one recorded when it was written"
     return None

@@ -225,7 +225,6 @@ def sum_over_ranks(count: int) -> int:
     return int(hd.gather_rows([torch.tensor([count])])[0].sum())
 
 
-@torch.no_grad()
 def extract_features(
     model: MultiTaskModel,
     branch: str,
@@ -233,17 +232,12 @@ def extract_features(
     transform: nn.Module,
     device: torch.device,
     *,
-    batch_size: int = 8,
-    num_workers: int = 0,
-    precision: str = "auto",
     pooling: Pooling = GLOBAL_POOLING,
-    source: str = "encoder",
-    log: Callable[[str], None] = lambda m: None,
-    progress: bool = False,
+    **options: Any,
 ) -> FeatureSet:
     """Run ``model.encode(view, branch)`` on every view of every video of ``dataset``, pooled by
     ``pooling``; with ``source = "targets"``, pool each view's part targets instead (the dataset's
-    ``target_store`` must be set).
+    ``target_store`` must be set). ``options``: those of :func:`extract_feature_sets`.
 
     The model must be in eval mode (the caller's job: see :func:`load_or_extract_features`).
     Videos that cannot be read are skipped and counted (each is logged once). Under torchrun each
@@ -251,8 +245,7 @@ def extract_features(
     ``progress``: a progress bar (for a terminal); otherwise progress lines go to ``log`` when it
     takes a while.
     """
-    return extract_feature_sets(model, [(branch, pooling)], dataset, transform, device, batch_size=batch_size,
-                                num_workers=num_workers, precision=precision, source=source, log=log, progress=progress)[0]
+    return extract_feature_sets(model, [(branch, pooling)], dataset, transform, device, **options)[0]
 
 
 @torch.no_grad()
@@ -372,8 +365,9 @@ def load_or_extract_feature_sets(
     ``targets``: pool part targets instead of encoding (``source = "targets"``): called with the
     built dataset, it returns the target store to read; ``targets_identity`` (what the targets
     depend on) then replaces the encoder fingerprint in the cache key. ``load_hits = False``:
-    only extract what is missing; a file that matches the size and hash recorded when it was
-    written counts as a hit and is not loaded (its features are None).
+    only extract what is missing; a file with the size recorded when it was written counts as a
+    hit and is neither read nor loaded (its features are None; a damaged one is extracted again by
+    whoever loads it).
     """
     results: list[tuple[FeatureSet | None, Path, bool] | None] = []
     missing: list[tuple[int, Path, str]] = []
@@ -391,14 +385,18 @@ def load_or_extract_feature_sets(
         }
         blob = json.dumps(description, sort_keys=True, default=str)
         path = Path(cache_dir) / f"{hashlib.sha256(blob.encode()).hexdigest()[:32]}.pt"
-        cached: FeatureSet | bool | None = None
+        cached, present = None, False
         if hd.is_main_process():
-            cached = _read_cache(path, blob, log) if load_hits else (path.is_file() and check_digest(path) is None) or None
-        if hd.broadcast_flag(cached is not None):  # every process takes the same branch
-            if isinstance(cached, FeatureSet):
+            if load_hits:
+                cached = _read_cache(path, blob, log)
+                present = cached is not None
+            else:  # the record and the size only: whoever loads it checks the hash then
+                present = path.is_file() and check_digest(path, hash=False) is None
+        if hd.broadcast_flag(present):  # every process takes the same branch
+            if cached is not None:
                 log(f"features of {dataset_spec.name} ({len(cached.video_ids)} videos, branch {request.branch}) from cache {path}")
-            # Not loaded (load_hits = False), and on the other processes: None (the fits run on the main one).
-            results.append((cached if isinstance(cached, FeatureSet) else None, path, True))
+            # None when not loaded (load_hits = False) and on the other processes (the fits run on the main one)
+            results.append((cached, path, True))
         else:
             results.append(None)
             missing.append((i, path, blob))

@@ -104,8 +104,7 @@ class _Context:
                     key = json.dumps([dataset.to_table(), transform_table, spec.batch_size], sort_keys=True, default=str)
                     groups.setdefault(key, []).append((spec, dataset, split, role))
         for members in groups.values():
-            requests = list({(s.branch, _pooling(s).name()): FeatureRequest(s.branch, _pooling(s), self.fingerprint(s.branch))
-                             for s, *_ in members}.values())
+            requests = list(dict.fromkeys(FeatureRequest(s.branch, _pooling(s), self.fingerprint(s.branch)) for s, *_ in members))
             if len(requests) < 2:
                 continue  # one evaluation reads it: it extracts them itself
             spec, dataset, split, role = members[0]
